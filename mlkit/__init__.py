@@ -1,0 +1,1 @@
+"""Small shared kit for the challenge notebooks: data, training, metrics, plots, results."""

@@ -1,0 +1,49 @@
+"""Named, cached experiment runs, several at a time.
+
+A run is a configuration dict; its folder `runs/<name>-<hash>` is keyed by the whole configuration,
+so re-running a notebook reuses finished runs, an interrupted run resumes, and deleting the folder
+retrains. Small models train faster as several single-threaded processes than as one process on
+all cores, so `run_all` spreads runs over `workers` processes.
+"""
+import hashlib
+import json
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+
+def run_dir(runs: Path, config: dict) -> Path:
+    """`runs/<name>-<8 hex of the configuration>`; `config["name"]` is a readable label."""
+    digest = hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return Path(runs) / f"{config.get('name', 'run')}-{digest}"
+
+
+def _single_thread():
+    torch.set_num_threads(1)
+
+
+def _call(fn, config, runs):
+    return fn(config, run_dir(runs, config))
+
+
+def run_all(fn: Callable[[dict, Path], dict], configs: list[dict], runs: Path, workers: int | None = None) -> list:
+    """`fn(config, run_dir)` for every configuration, results in input order.
+
+    `fn` must be importable (defined in a module) so worker processes can run it. `workers`
+    defaults to $WORKERS or the number of cores; 1 runs everything in this process.
+    """
+    workers = min(len(configs), workers or int(os.environ.get("WORKERS", 0)) or os.cpu_count() or 1)
+    if workers <= 1:
+        return [_call(fn, config, runs) for config in tqdm(configs, desc="runs")]
+    results = [None] * len(configs)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_single_thread) as pool:
+        futures = {pool.submit(_call, fn, config, runs): i for i, config in enumerate(configs)}
+        for future in tqdm(as_completed(futures), total=len(futures), desc="runs"):
+            results[futures[future]] = future.result()
+    return results

@@ -1,0 +1,173 @@
+"""Image folders decoded once into arrays, and safe prediction on arbitrary files."""
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+MAX_FILE_BYTES = 50 * 2**20
+MAX_PIXELS = 40_000_000
+
+
+class BadImageError(ValueError):
+    """A file that cannot be used as an image; the message says why."""
+
+
+def load_image(path, size: tuple[int, int] | None = None, mode: str = "RGB") -> np.ndarray:
+    """Decode `path` into a uint8 array (H, W) for mode "L", else (H, W, 3), resized to `size` (W, H).
+
+    Grayscale, palette and RGBA inputs are converted (alpha composited on white). Missing, empty,
+    oversized, truncated and non-image files raise BadImageError with the reason.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BadImageError(f"{path}: no such file")
+    n_bytes = path.stat().st_size
+    if n_bytes == 0:
+        raise BadImageError(f"{path}: empty file")
+    if n_bytes > MAX_FILE_BYTES:
+        raise BadImageError(f"{path}: {n_bytes / 2**20:.0f} MiB exceeds the {MAX_FILE_BYTES // 2**20} MiB file limit")
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise BadImageError(f"{path}: {image.width}x{image.height} pixels exceeds the {MAX_PIXELS:,} limit")
+            image.load()
+            image = _to_mode(image, mode)
+            if size is not None and image.size != tuple(size):
+                image = image.resize(size, Image.Resampling.BILINEAR)
+            return np.asarray(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        if isinstance(error, BadImageError):
+            raise
+        raise BadImageError(f"{path}: not a readable image ({type(error).__name__}: {error})") from None
+
+
+def _to_mode(image: Image.Image, mode: str) -> Image.Image:
+    if image.mode in ("RGBA", "LA", "P") and mode != image.mode:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert(mode)
+
+
+def list_images(folder) -> list[Path]:
+    """Image files under `folder`, recursively, sorted."""
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+@dataclass
+class ImageArrays:
+    """A class-folder dataset held in memory: images (N, H, W[, C]) uint8, integer labels, paths."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    paths: list[str]
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index) -> "ImageArrays":
+        index = np.asarray(index)
+        return ImageArrays(self.images[index], self.labels[index], [self.paths[i] for i in index], self.classes)
+
+
+def load_class_folders(root, size=None, mode="RGB", cache_dir=None, limit_per_class: int | None = None) -> ImageArrays:
+    """Decode `root/<class>/<image>` once; later calls read the `.npz` cache in `cache_dir`.
+
+    The cache key covers the file list, sizes and modification times, so changed data is re-decoded.
+    Unreadable images are skipped with a warning listing them.
+    """
+    root = Path(root)
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if not classes:
+        raise FileNotFoundError(f"{root}: no class folders found")
+    files = [(p, label) for label, name in enumerate(classes) for p in list_images(root / name)[:limit_per_class]]
+    cache = _cache_path(cache_dir, root, files, size, mode)
+    if cache and cache.exists():
+        with np.load(cache) as saved:
+            meta = json.loads(str(saved["meta"]))
+            return ImageArrays(saved["images"], saved["labels"], meta["paths"], meta["classes"])
+
+    images, labels, paths, skipped = [], [], [], []
+    for path, label in tqdm(files, desc=f"decoding {root.name}", leave=False):
+        try:
+            images.append(load_image(path, size, mode))
+        except BadImageError as error:
+            skipped.append(str(error))
+            continue
+        labels.append(label)
+        paths.append(str(path.relative_to(root)))
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable image(s):\n  " + "\n  ".join(skipped))
+    data = ImageArrays(np.stack(images), np.asarray(labels, dtype=np.int64), paths, classes)
+    if cache:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(cache.stem + ".tmp.npz")
+        meta = json.dumps({"paths": data.paths, "classes": classes})
+        np.savez(tmp, images=data.images, labels=data.labels, meta=meta)
+        os.replace(tmp, cache)
+    return data
+
+
+def _cache_path(cache_dir, root: Path, files, size, mode) -> Path | None:
+    if cache_dir is None:
+        return None
+    digest = hashlib.sha1(repr((size, mode)).encode())
+    for path, label in files:
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root)}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return Path(cache_dir) / f"{root.parent.name}-{root.name}-{digest.hexdigest()[:12]}.npz"
+
+
+@torch.no_grad()
+def predict_files(model, files, preprocess, classes, top_k: int = 3, batch_size: int = 64, device=None) -> list[dict]:
+    """Predict every image in `files` (a folder, a path, or a list of paths).
+
+    `preprocess(path) -> tensor` decodes one file (raising BadImageError on bad input). Returns one
+    dict per file, in order: {"file", "top": [(class, probability), ...]} or {"file", "error"};
+    a bad file never stops the batch.
+    """
+    if isinstance(files, (str, Path)):
+        files = list_images(files) if Path(files).is_dir() else [files]
+    device = device or next(model.parameters()).device
+    model.eval()
+    results, batch = [], []
+
+    def flush():
+        if not batch:
+            return
+        probabilities = torch.softmax(model(torch.stack([t for _, t in batch]).to(device)).float(), dim=1).cpu()
+        values, indices = probabilities.topk(min(top_k, len(classes)), dim=1)
+        for (index, _), vals, idxs in zip(batch, values, indices):
+            results[index]["top"] = [(classes[i], float(v)) for v, i in zip(vals, idxs)]
+        batch.clear()
+
+    for path in files:
+        results.append({"file": str(path)})
+        try:
+            batch.append((len(results) - 1, preprocess(path)))
+        except BadImageError as error:
+            results[-1]["error"] = str(error)
+        if len(batch) == batch_size:
+            flush()
+    flush()
+    return results
+
+
+def format_predictions(results: list[dict]) -> str:
+    """One line per file: top classes with probabilities, or the error."""
+    lines = []
+    for result in results:
+        name = Path(result["file"]).name
+        if "error" in result:
+            lines.append(f"{name}: ERROR {result['error']}")
+        else:
+            lines.append(f"{name}: " + ", ".join(f"{c} {p:.1%}" for c, p in result["top"]))
+    return "\n".join(lines)

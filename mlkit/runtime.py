@@ -1,0 +1,54 @@
+"""Reproducibility, device and thread settings."""
+import os
+import random
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(preferred: str | None = None) -> torch.device:
+    """`preferred` if given, else cuda, then mps, then cpu."""
+    if preferred:
+        return torch.device(preferred)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def set_threads(n: int | None = None) -> int:
+    """Use `n` intra-op threads (default: all cores, or $TORCH_THREADS)."""
+    n = n or int(os.environ.get("TORCH_THREADS", 0)) or os.cpu_count() or 1
+    torch.set_num_threads(n)
+    return n
+
+
+def rng_state() -> dict:
+    """Every RNG state a training run consumes, for exact resume."""
+    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        # NumPy's state as tensors and floats, so `torch.load(weights_only=True)` accepts it.
+        "numpy": (torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached_gaussian),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    keys, pos, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached_gaussian))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

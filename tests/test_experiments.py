@@ -1,0 +1,41 @@
+import os
+
+import pytest
+
+from mlkit.experiments import run_all, run_dir
+from tests.experiment_fixture import square
+
+
+def test_run_dir_ignores_key_order(tmp_path):
+    assert run_dir(tmp_path, {"name": "cnn", "lr": 0.1, "depth": 3}) == run_dir(
+        tmp_path, {"depth": 3, "lr": 0.1, "name": "cnn"})
+
+
+def test_run_dir_is_named_and_placed_under_runs(tmp_path):
+    path = run_dir(tmp_path, {"name": "cnn", "lr": 0.1})
+    assert path.parent == tmp_path
+    assert path.name.startswith("cnn-") and len(path.name) == len("cnn-") + 8
+    assert run_dir(tmp_path, {"lr": 0.1}).name.startswith("run-")
+
+
+@pytest.mark.parametrize("change", [{"lr": 0.01}, {"depth": 4}, {"name": "mlp"}, {"extra": None}, {"lr": "0.1"}])
+def test_run_dir_changes_with_any_value(tmp_path, change):
+    config = {"name": "cnn", "lr": 0.1, "depth": 3}
+    assert run_dir(tmp_path, config | change) != run_dir(tmp_path, config)
+
+
+CONFIGS = [{"name": f"r{x}", "x": x} for x in [3, 1, 4, 1, 5]]
+
+
+def test_run_all_in_process_keeps_input_order(tmp_path):
+    results = run_all(square, CONFIGS, tmp_path, workers=1)
+    assert [r["square"] for r in results] == [9, 1, 16, 1, 25]
+    assert [r["run_dir"] for r in results] == [str(run_dir(tmp_path, c)) for c in CONFIGS]
+    assert {r["pid"] for r in results} == {os.getpid()}
+
+
+def test_run_all_in_worker_processes_keeps_input_order(tmp_path):
+    results = run_all(square, CONFIGS, tmp_path, workers=2)
+    assert [r["square"] for r in results] == [9, 1, 16, 1, 25]
+    assert [r["run_dir"] for r in results] == [str(run_dir(tmp_path, c)) for c in CONFIGS]
+    assert os.getpid() not in {r["pid"] for r in results}

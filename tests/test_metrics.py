@@ -1,0 +1,107 @@
+import numpy as np
+import pytest
+import torch
+from sklearn import metrics as sk
+
+from mlkit.metrics import accuracy, balanced_accuracy, confusion_matrix, macro_f1, mean_std, per_class_recall
+
+
+def random_labels(seed, n=60, num_classes=4):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, num_classes, n), rng.integers(0, num_classes, n)
+
+
+def class_never_predicted(seed):
+    y_true, y_pred = random_labels(seed)
+    y_pred[y_pred == 2] = 0
+    assert 2 in y_true
+    return y_true, y_pred
+
+
+def prediction_absent_from_truth(seed):
+    y_true, y_pred = random_labels(seed, num_classes=3)
+    y_pred[:5] = 3
+    return y_true, y_pred
+
+
+def label_absent_from_both(seed):
+    y_true, y_pred = random_labels(seed, num_classes=3)
+    return y_true * 2, y_pred * 2
+
+
+CASES = {
+    "random-0": random_labels(0),
+    "random-1": random_labels(1),
+    "binary": random_labels(2, num_classes=2),
+    "perfect": (np.arange(12) % 3, np.arange(12) % 3),
+    "class-never-predicted": class_never_predicted(3),
+    "prediction-absent-from-truth": prediction_absent_from_truth(4),
+    "label-absent-from-both": label_absent_from_both(5),
+}
+
+pytestmark = pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+
+
+@pytest.fixture(params=CASES.values(), ids=CASES.keys())
+def labels(request):
+    return request.param
+
+
+def test_accuracy_matches_sklearn(labels):
+    assert accuracy(*labels) == pytest.approx(sk.accuracy_score(*labels))
+
+
+def test_balanced_accuracy_matches_sklearn(labels):
+    assert balanced_accuracy(*labels) == pytest.approx(sk.balanced_accuracy_score(*labels))
+
+
+def test_macro_f1_matches_sklearn(labels):
+    assert macro_f1(*labels) == pytest.approx(sk.f1_score(*labels, average="macro", zero_division=0))
+
+
+def test_confusion_matrix_matches_sklearn(labels):
+    y_true, y_pred = labels
+    num_classes = max(y_true.max(), y_pred.max()) + 1
+    expected = sk.confusion_matrix(y_true, y_pred, labels=np.arange(num_classes))
+    np.testing.assert_array_equal(confusion_matrix(y_true, y_pred), expected)
+
+
+def test_per_class_recall_covers_classes_in_y_true(labels):
+    y_true, y_pred = labels
+    expected = sk.recall_score(y_true, y_pred, labels=np.unique(y_true), average=None)
+    np.testing.assert_allclose(per_class_recall(y_true, y_pred), expected)
+
+
+def test_tensors_give_the_same_results_as_arrays():
+    y_true, y_pred = CASES["class-never-predicted"]
+    tensors = torch.from_numpy(y_true), torch.from_numpy(y_pred)
+    assert accuracy(*tensors) == accuracy(y_true, y_pred)
+    assert balanced_accuracy(*tensors) == balanced_accuracy(y_true, y_pred)
+    assert macro_f1(*tensors) == macro_f1(y_true, y_pred)
+    np.testing.assert_array_equal(confusion_matrix(*tensors), confusion_matrix(y_true, y_pred))
+    np.testing.assert_array_equal(per_class_recall(*tensors), per_class_recall(y_true, y_pred))
+
+
+def test_confusion_matrix_pads_to_num_classes():
+    cm = confusion_matrix([0, 1, 1], [1, 1, 0], num_classes=4)
+    assert cm.shape == (4, 4)
+    assert cm.sum() == 3
+    assert cm[2:].sum() == cm[:, 2:].sum() == 0
+
+
+@pytest.mark.parametrize("metric", [accuracy, balanced_accuracy, macro_f1, confusion_matrix, per_class_recall])
+@pytest.mark.parametrize("y_pred", [[0, 1], [1]], ids=["shorter", "single"])
+def test_length_mismatch_raises(metric, y_pred):
+    with pytest.raises(ValueError, match="differ in length"):
+        metric([0, 1, 1], y_pred)
+
+
+def test_mean_std_matches_numpy_sample_std():
+    values = np.random.default_rng(0).normal(size=7)
+    mean, std = mean_std(values)
+    assert mean == pytest.approx(values.mean())
+    assert std == pytest.approx(values.std(ddof=1))
+
+
+def test_mean_std_of_single_value_has_zero_std():
+    assert mean_std([0.8]) == (0.8, 0.0)
