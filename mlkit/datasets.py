@@ -26,7 +26,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = REPO / "data"

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 MAX_FILE_BYTES = 50 * 2**20
@@ -23,20 +23,20 @@ def load_image(path, size: tuple[int, int] | None = None, mode: str = "RGB") -> 
     """Decode `path` into a uint8 array (H, W) for mode "L", else (H, W, 3), resized to `size` (W, H).
 
     Grayscale, palette and RGBA inputs are converted (alpha composited on white). Missing, empty,
-    oversized, truncated and non-image files raise BadImageError with the reason.
+    oversized, truncated and non-image files raise BadImageError with the reason (callers add the path).
     """
     path = Path(path)
     if not path.is_file():
-        raise BadImageError(f"{path}: no such file")
+        raise BadImageError("no such file")
     n_bytes = path.stat().st_size
     if n_bytes == 0:
-        raise BadImageError(f"{path}: empty file")
+        raise BadImageError("empty file")
     if n_bytes > MAX_FILE_BYTES:
-        raise BadImageError(f"{path}: {n_bytes / 2**20:.0f} MiB exceeds the {MAX_FILE_BYTES // 2**20} MiB file limit")
+        raise BadImageError(f"{n_bytes / 2**20:.1f} MiB exceeds the {MAX_FILE_BYTES // 2**20} MiB file limit")
     try:
         with Image.open(path) as image:
             if image.width * image.height > MAX_PIXELS:
-                raise BadImageError(f"{path}: {image.width}x{image.height} pixels exceeds the {MAX_PIXELS:,} limit")
+                raise BadImageError(f"{image.width}x{image.height} pixels exceeds the {MAX_PIXELS:,} limit")
             image.load()
             image = _to_mode(image, mode)
             if size is not None and image.size != tuple(size):
@@ -45,7 +45,9 @@ def load_image(path, size: tuple[int, int] | None = None, mode: str = "RGB") -> 
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         if isinstance(error, BadImageError):
             raise
-        raise BadImageError(f"{path}: not a readable image ({type(error).__name__}: {error})") from None
+        unknown_format = isinstance(error, UnidentifiedImageError)
+        reason = "unrecognised format" if unknown_format else f"{type(error).__name__}: {error}"
+        raise BadImageError(f"not a readable image ({reason})") from None
 
 
 def _to_mode(image: Image.Image, mode: str) -> Image.Image:
@@ -100,12 +102,14 @@ def load_class_folders(root, size=None, mode="RGB", cache_dir=None, limit_per_cl
         try:
             images.append(load_image(path, size, mode))
         except BadImageError as error:
-            skipped.append(str(error))
+            skipped.append(f"{path}: {error}")
             continue
         labels.append(label)
         paths.append(str(path.relative_to(root)))
     if skipped:
         print(f"skipped {len(skipped)} unreadable image(s):\n  " + "\n  ".join(skipped))
+    if not images:
+        raise FileNotFoundError(f"{root}: no readable images")
     data = ImageArrays(np.stack(images), np.asarray(labels, dtype=np.int64), paths, classes)
     if cache:
         cache.parent.mkdir(parents=True, exist_ok=True)

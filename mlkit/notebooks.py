@@ -61,7 +61,18 @@ def execute(notebook: Path, profile: str, output_dir: Path | None = None) -> Pat
         target, params = output_dir / notebook.name, {"PROFILE": profile, "OUTPUT_DIR": str(output_dir)}
     papermill.execute_notebook(str(notebook), str(target), parameters=params, cwd=str(notebook.parent),
                                kernel_name="python3", progress_bar=False)
+    _drop_local_paths(target)
     return target
+
+
+def _drop_local_paths(notebook: Path) -> None:
+    """Papermill records absolute input/output paths; they mean nothing on another machine."""
+    import nbformat
+
+    executed = nbformat.read(notebook, as_version=4)
+    for key in ("input_path", "output_path"):
+        executed.metadata.get("papermill", {}).pop(key, None)
+    nbformat.write(executed, notebook)
 
 
 def main(argv=None) -> int:

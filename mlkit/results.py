@@ -14,12 +14,12 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
 def save_results(results: dict, folder) -> Path:
-    """Write `results.json` (sorted keys, floats rounded to 4 decimals) and print it."""
+    """Write `results.json` (sorted keys, floats rounded to 4 decimals) and print it for the notebook."""
     path = Path(folder) / "results.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_rounded(results), indent=2, sort_keys=True)
     path.write_text(text + "\n")
-    print(text)
+    print(f"wrote results.json ({path.parent.name}/)\n{text}")
     return path
 
 

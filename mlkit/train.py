@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .runtime import rng_state, set_rng_state
 
@@ -98,7 +98,7 @@ def evaluate(model, loader, loss_fn, metrics: dict[str, Metric] | None = None, d
     return result
 
 
-def _train_epoch(model, loader, optimizer, loss_fn, device, scheduler=None) -> dict:
+def _train_epoch(model, loader, optimizer, loss_fn, device, scheduler=None, clip_grad_norm=None) -> dict:
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     for inputs, targets in loader:
@@ -107,6 +107,8 @@ def _train_epoch(model, loader, optimizer, loss_fn, device, scheduler=None) -> d
         logits = model(inputs)
         loss = loss_fn(logits, targets)
         loss.backward()
+        if clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
@@ -129,6 +131,7 @@ def fit(
     scheduler_per_batch: bool = False,
     early_stopping: EarlyStopping | None = None,
     swa: SWA | None = None,
+    clip_grad_norm: float | None = None,
     eval_loss_fn: Callable | None = None,
     metrics: dict[str, Metric] | None = None,
     checkpoint_every: int = 1,
@@ -139,8 +142,9 @@ def fit(
 
     `scheduler` steps once per epoch (ReduceLROnPlateau gets the validation loss) or, with
     `scheduler_per_batch`, once per batch. `loss_fn` trains; `eval_loss_fn` (default `loss_fn`)
-    scores validation. With `swa`, the returned `model` holds the averaged weights and the last
-    history row carries their validation metrics under `swa_*`.
+    scores validation. `clip_grad_norm` clips the gradients' global norm before every step. With
+    `swa`, the returned `model` holds the averaged weights and the last history row carries their
+    validation metrics under `swa_*`.
     """
     device = torch.device(device) if device else next(model.parameters()).device
     eval_loss_fn = eval_loss_fn or loss_fn
@@ -174,7 +178,7 @@ def fit(
         in_swa = swa is not None and epoch >= swa.start_epoch
         batch_scheduler = scheduler if scheduler_per_batch and not in_swa else None
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-        row |= _train_epoch(model, train_loader, optimizer, loss_fn, device, batch_scheduler)
+        row |= _train_epoch(model, train_loader, optimizer, loss_fn, device, batch_scheduler, clip_grad_norm)
         row |= {f"val_{k}": v for k, v in evaluate(model, val_loader, eval_loss_fn, metrics, device).items()}
         if in_swa:
             swa_model.update_parameters(model)
