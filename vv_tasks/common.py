@@ -8,6 +8,7 @@ Fixed by the tasks (reproduced from the original task code, which is not changed
 Inputs are raw pixel values 0..255 as float, shape (N, 1, 28, 28), as the original loader reads them.
 """
 import functools
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -408,3 +409,17 @@ class ProbabilitiesToLogits(nn.Module):
 
     def forward(self, x):
         return self.model(x).clamp_min(1e-12).log()
+
+
+def seconds_per_epoch(task: str, limit_per_class: int | None = None) -> float:
+    """Wall time of one training epoch of the task's fixed recipe on this machine (training steps only)."""
+    model_name, lr, _ = RECIPES[task]
+    data = load_split("task3" if task == "task3" else "task1", "train", limit_per_class)
+    model = MODELS[model_name]()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    started = time.perf_counter()
+    for inputs, labels in DataLoader(to_tensors(data.images, data.labels), BATCH_SIZE, shuffle=True):
+        optimizer.zero_grad()
+        F.cross_entropy(model(inputs), labels).backward()
+        optimizer.step()
+    return time.perf_counter() - started
