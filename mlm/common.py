@@ -1,0 +1,429 @@
+"""Masked language modelling on WikiText-2, starting from PyTorch's "Language Modeling with nn.Transformer" tutorial.
+
+The tutorial's model and recipe (kept by the baseline): word-level tokens, embedding 200 scaled by sqrt(200),
+sinusoidal positions, 2 post-LayerNorm encoder layers (2 heads, feed-forward 200, dropout 0.2), an untied linear
+decoder; SGD lr 5.0, StepLR(1, gamma 0.95) per epoch, gradient norm clipped to 0.5, 20 batchified columns cut
+into windows of 35 tokens, served in order. Converting it to masked prediction removes the causal attention mask
+and replaces 10% of the input words by `<mask>`; the model predicts the original word.
+
+A batch's input is one tensor (batch, 2, time): row 0 the (corrupted) token ids, row 1 which positions to
+predict. The model returns logits only for those positions, row-major, so `mlkit.train.fit` sees a plain
+classification problem: logits (M, vocab) against targets (M,).
+"""
+import copy
+import functools
+import math
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mlkit.datasets import prepare
+from mlkit.runtime import pick_device, seed_everything
+from mlkit.train import fit, load_state
+
+UNK, MASK = "<unk>", "<mask>"
+UNK_ID, MASK_ID = 0, 1  # every vocabulary starts with these two
+MASK_RATE = 0.1
+EVAL_SEQ_LEN = 35  # the tutorial's bptt: every model is scored on the same 35-token windows
+EVAL_SEED = 1234
+PROTOCOLS = {  # name -> files for train, model selection, test (None: the held-out 10% of the training articles)
+    "offline": ("wiki.valid.tokens", None, "wiki.test.tokens"),
+    "official": ("wiki.train.tokens", "wiki.valid.tokens", "wiki.test.tokens"),
+}
+
+
+# ---------------------------------------------------------------- data
+def is_title(line: str) -> bool:
+    """` = Title = ` starts an article; ` = = Section = = ` does not."""
+    return re.fullmatch(r" = (?!=).*(?<!=) = ", line) is not None
+
+
+def tokenize(line: str) -> list[str]:
+    """WikiText is already tokenized; like the tutorial's basic_english tokenizer, lowercase it."""
+    return line.lower().split()
+
+
+def read_articles(path: Path) -> list[list[str]]:
+    """The tokens of every article in a WikiText file (its title line and sections included)."""
+    articles = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if is_title(line):
+            articles.append([])
+        if articles:
+            articles[-1] += tokenize(line)
+    return articles
+
+
+def hold_out(articles: list, fraction: float = 0.1, seed: int = 0) -> tuple[list, list]:
+    """Split whole articles, not tokens, so no article is on both sides."""
+    order = torch.randperm(len(articles), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_held = max(1, round(fraction * len(articles)))
+    return [articles[i] for i in order[n_held:]], [articles[i] for i in order[:n_held]]
+
+
+class Vocab:
+    """`<unk>` and `<mask>` first, then the training words by decreasing frequency; unknown words map to `<unk>`."""
+
+    def __init__(self, tokens: list[str]):
+        self.counts = Counter(tokens)
+        words = sorted(self.counts.keys() - {UNK, MASK}, key=lambda w: (-self.counts[w], w))
+        self.itos = [UNK, MASK, *words]
+        self.stoi = {word: i for i, word in enumerate(self.itos)}
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def encode(self, tokens: list[str]) -> torch.Tensor:
+        return torch.tensor([self.stoi.get(t, UNK_ID) for t in tokens], dtype=torch.long)
+
+    def frequencies(self) -> torch.Tensor:
+        return torch.tensor([self.counts[w] for w in self.itos], dtype=torch.float)
+
+
+@dataclass
+class Corpus:
+    vocab: Vocab
+    train: torch.Tensor  # token ids, one stream each
+    dev: torch.Tensor
+    test: torch.Tensor
+
+
+@functools.lru_cache(maxsize=4)
+def load_corpus(protocol: str = "offline", limit: int | None = None) -> Corpus:
+    """The three splits of `protocol` as id streams; `limit` keeps each split's first tokens (smoke runs)."""
+    root = prepare("wikitext2")
+    train_file, dev_file, test_file = PROTOCOLS[protocol]
+    train = read_articles(root / train_file)
+    train, dev = hold_out(train) if dev_file is None else (train, read_articles(root / dev_file))
+    train, dev, test = ([t for article in split for t in article][:limit]
+                        for split in (train, dev, read_articles(root / test_file)))
+    vocab = Vocab(train)
+    return Corpus(vocab, vocab.encode(train), vocab.encode(dev), vocab.encode(test))
+
+
+def batchify(ids: torch.Tensor, columns: int) -> torch.Tensor:
+    """(columns, length): the stream cut into `columns` contiguous rows, as the tutorial does (transposed)."""
+    length = len(ids) // columns
+    return ids[: columns * length].view(columns, length)
+
+
+# ---------------------------------------------------------------- masking
+def choose_masked(shape, rate: float = MASK_RATE, generator=None) -> torch.Tensor:
+    return torch.rand(shape, generator=generator) < rate
+
+
+def corrupt(ids: torch.Tensor, masked: torch.Tensor, vocab_size: int, bert: bool, generator=None) -> torch.Tensor:
+    """Replace the masked positions by `<mask>`; with `bert`, 80% `<mask>`, 10% a random word, 10% unchanged."""
+    corrupted = ids.clone()
+    if not bert:
+        corrupted[masked] = MASK_ID
+        return corrupted
+    draw = torch.rand(ids.shape, generator=generator)
+    random_words = torch.randint(2, vocab_size, ids.shape, generator=generator)
+    corrupted[masked & (draw < 0.8)] = MASK_ID
+    swap = masked & (draw >= 0.8) & (draw < 0.9)
+    corrupted[swap] = random_words[swap]
+    return corrupted
+
+
+def pack(corrupted: torch.Tensor, predict: torch.Tensor) -> torch.Tensor:
+    """The model's input: (batch, 2, time) of token ids and the positions to predict."""
+    return torch.stack([corrupted, predict.long()], 1)
+
+
+def fixed_eval_set(ids: torch.Tensor, seq_len: int = EVAL_SEQ_LEN, seed: int = EVAL_SEED) -> tuple:
+    """The seeded masked positions every model is scored on: (inputs, original windows).
+
+    The stream is cut into windows of `seq_len`; exactly 10% of the positions are replaced by `<mask>`;
+    masked `<unk>` targets stay masked in the input but are not scored.
+    """
+    windows = ids[: len(ids) // seq_len * seq_len].view(-1, seq_len)
+    chosen = torch.randperm(windows.numel(), generator=torch.Generator().manual_seed(seed))
+    masked = torch.zeros(windows.numel(), dtype=torch.bool)
+    masked[chosen[: round(MASK_RATE * windows.numel())]] = True
+    masked = masked.view_as(windows)
+    return pack(corrupt(windows, masked, 0, bert=False), masked & (windows != UNK_ID)), windows
+
+
+def eval_batches(eval_set: tuple, batch_size: int = 64) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(inputs, targets) batches of windows; the targets are the original words at the scored positions."""
+    inputs, windows = eval_set
+    return [(inputs[i: i + batch_size], windows[i: i + batch_size][inputs[i: i + batch_size, 1].bool()])
+            for i in range(0, len(inputs), batch_size)]
+
+
+class MaskedBatches:
+    """Training windows of `bptt` tokens from `columns` batchified rows, in order, a share `rate` of the words masked.
+
+    static: the masks are drawn once (from `seed`) and reused every epoch; dynamic: drawn afresh every epoch.
+    loss_on "all": predict every position (the plainest conversion of the tutorial); "masked": only the masked ones.
+    """
+
+    def __init__(self, ids, columns=20, bptt=35, dynamic=False, bert=False, loss_on="all", vocab_size=None, seed=0,
+                 rate=MASK_RATE):
+        self.rows, self.bptt, self.bert, self.loss_on, self.rate = batchify(ids, columns), bptt, bert, loss_on, rate
+        self.vocab_size = vocab_size or int(ids.max()) + 1
+        self.static = None if dynamic else self._corrupt(torch.Generator().manual_seed(seed))
+
+    def _corrupt(self, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+        masked = choose_masked(self.rows.shape, self.rate, generator)
+        return corrupt(self.rows, masked, self.vocab_size, self.bert, generator), masked
+
+    def __len__(self) -> int:
+        return math.ceil(self.rows.shape[1] / self.bptt)
+
+    def __iter__(self):
+        corrupted, masked = self.static or self._corrupt()
+        predict = masked if self.loss_on == "masked" else torch.ones_like(masked)
+        for start in range(0, self.rows.shape[1], self.bptt):
+            window = slice(start, start + self.bptt)
+            yield pack(corrupted[:, window], predict[:, window]), self.rows[:, window][predict[:, window]]
+
+    def tokens_per_epoch(self) -> int:
+        return self.rows.numel()
+
+
+# ---------------------------------------------------------------- models
+class PositionalEncoding(nn.Module):
+    """The tutorial's sinusoidal positions (batch-first), followed by dropout."""
+
+    def __init__(self, d_model: int, dropout: float, max_len: int = 5000):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        position = torch.arange(max_len).unsqueeze(1)
+        div_term = torch.exp(torch.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))
+        pe = torch.zeros(max_len, d_model)
+        pe[:, 0::2] = torch.sin(position * div_term)
+        pe[:, 1::2] = torch.cos(position * div_term)
+        self.register_buffer("pe", pe)
+
+    def forward(self, x):
+        return self.dropout(x + self.pe[: x.shape[1]])
+
+
+class MaskedLM(nn.Module):
+    """The tutorial's TransformerModel without its causal mask; `tied` shares the embedding with the decoder,
+    `pre_norm` puts LayerNorm before each sublayer (plus one at the end), `output_bias` starts the decoder's bias
+    there instead of at 0."""
+
+    def __init__(self, vocab_size: int, d_model=200, nhead=2, d_hid=200, nlayers=2, dropout=0.2, tied=False,
+                 pre_norm=False, output_bias: torch.Tensor | None = None):
+        super().__init__()
+        self.d_model = d_model
+        self.embedding = nn.Embedding(vocab_size, d_model)
+        self.pos_encoder = PositionalEncoding(d_model, dropout)
+        layer = nn.TransformerEncoderLayer(d_model, nhead, d_hid, dropout, batch_first=True, norm_first=pre_norm)
+        self.encoder = nn.TransformerEncoder(layer, nlayers, norm=nn.LayerNorm(d_model) if pre_norm else None,
+                                             enable_nested_tensor=False)
+        self.decoder = nn.Linear(d_model, vocab_size)
+        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+        if output_bias is not None:
+            self.decoder.bias.data.copy_(output_bias)
+        if tied:
+            self.decoder.weight = self.embedding.weight
+        else:
+            nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+
+    def forward(self, x):
+        """x: (batch, 2, time) token ids and positions to predict -> logits of those positions (M, vocab)."""
+        ids, predict = x[:, 0], x[:, 1].bool()
+        hidden = self.encoder(self.pos_encoder(self.embedding(ids) * math.sqrt(self.d_model)))
+        return self.decoder(hidden[predict])
+
+
+class Unigram(nn.Module):
+    """Predicts every masked word from its training frequency alone."""
+
+    def __init__(self, frequencies: torch.Tensor):
+        super().__init__()
+        self.register_buffer("log_probs", (frequencies / frequencies.sum()).log())
+
+    def forward(self, x):
+        return self.log_probs.expand(int(x[:, 1].sum()), -1)
+
+
+class Ensemble(nn.Module):
+    """Averages its members' probabilities; returns log-probabilities (valid logits for cross-entropy)."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x):
+        probs = torch.stack([member(x).softmax(-1) for member in self.members]).mean(0)
+        return probs.log()
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())  # a tied weight is counted once
+
+
+# ---------------------------------------------------------------- metrics
+def top5_accuracy(logits, targets) -> float:
+    return float((logits.topk(5, 1).indices == targets[:, None]).any(1).float().mean())
+
+
+@torch.no_grad()
+def masked_metrics(model: nn.Module, batches) -> dict:
+    """Cross-entropy, perplexity = exp(cross-entropy), top-1 and top-5 accuracy over every scored position."""
+    model.eval()
+    total_ce, top1, top5, n = 0.0, 0, 0, 0
+    for inputs, targets in batches:
+        logits = model(inputs).float()
+        total_ce += F.cross_entropy(logits, targets, reduction="sum").item()
+        top = logits.topk(min(5, logits.shape[1]), 1).indices
+        top1 += (top[:, 0] == targets).sum().item()
+        top5 += (top == targets[:, None]).any(1).sum().item()
+        n += len(targets)
+    ce = total_ce / n
+    return {"cross_entropy": ce, "perplexity": math.exp(ce), "top1": top1 / n, "top5": top5 / n, "positions": n}
+
+
+# ---------------------------------------------------------------- training
+BASELINE = {  # the tutorial's model and recipe, converted to masked prediction
+    "protocol": "offline", "limit": None, "seed": 0, "epochs": 3,
+    "d_model": 200, "nhead": 2, "d_hid": 200, "nlayers": 2, "dropout": 0.2, "tied": False, "pre_norm": False,
+    "batch_size": 20, "bptt": 35, "clip": 0.5, "optimizer": "sgd", "lr": 5.0, "weight_decay": 0.0, "warmup": 0.0,
+    "loss_on": "all", "mask_rate": MASK_RATE, "bert": False, "dynamic": False, "unigram_bias": False,
+}
+MODEL_KEYS = ("d_model", "nhead", "d_hid", "nlayers", "dropout", "tied", "pre_norm")
+
+
+def make_model(config: dict, vocab: Vocab) -> MaskedLM:
+    """`unigram_bias` starts the output bias at the log training frequencies: the untrained model is the unigram
+    baseline, and training only has to learn what the context adds."""
+    bias = unigram_log_probs(vocab.frequencies()) if config["unigram_bias"] else None
+    return MaskedLM(len(vocab), **{key: config[key] for key in MODEL_KEYS}, output_bias=bias)
+
+
+def unigram_log_probs(frequencies: torch.Tensor) -> torch.Tensor:
+    """Add-one smoothed, so `<mask>` (never a target) gets a finite bias."""
+    return ((frequencies + 1) / (frequencies + 1).sum()).log()
+
+
+def make_optimizer(model: nn.Module, config: dict, steps_per_epoch: int) -> tuple:
+    """The tutorial's SGD with StepLR per epoch, or AdamW with linear warmup and cosine decay per batch."""
+    if config["optimizer"] == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=config["lr"])
+        return optimizer, {"scheduler": torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.95)}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], betas=(0.9, 0.98),
+                                  weight_decay=config["weight_decay"])
+    total = config["epochs"] * steps_per_epoch
+    warmup = max(1, round(config["warmup"] * total))
+
+    def schedule(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    return optimizer, {"scheduler": scheduler, "scheduler_per_batch": True}
+
+
+def train_run(config: dict, run_dir: Path) -> dict:
+    """Train one configuration (BASELINE's keys), keep the epoch with the best dev loss, score it on the test set."""
+    seed_everything(config["seed"])
+    corpus = load_corpus(config["protocol"], config["limit"])
+    train = MaskedBatches(corpus.train, config["batch_size"], config["bptt"], config["dynamic"], config["bert"],
+                          config["loss_on"], len(corpus.vocab), config["seed"], config["mask_rate"])
+    model = make_model(config, corpus.vocab).to(pick_device())
+    optimizer, schedule = make_optimizer(model, config, len(train))
+    history = fit(model, optimizer, F.cross_entropy, train, eval_batches(fixed_eval_set(corpus.dev)),
+                  config["epochs"], run_dir=run_dir, clip_grad_norm=config["clip"],
+                  metrics={"top5": top5_accuracy}, progress=False, **schedule)
+    model.load_state_dict(load_state(Path(run_dir) / "best.pt"))
+    started = time.perf_counter()
+    test = masked_metrics(model, eval_batches(fixed_eval_set(corpus.test)))
+    return {"config": config, "history": history, "test": test, "run_dir": str(run_dir),
+            "params": count_parameters(model), "tokens_seen": config["epochs"] * train.tokens_per_epoch(),
+            "train_seconds": sum(row["seconds"] for row in history), "test_seconds": time.perf_counter() - started}
+
+
+# ---------------------------------------------------------------- checkpoints
+POSITIONS_KEY = "pos_encoder.pe"  # a fixed table, recomputed by the model: not worth storing
+
+
+def save_checkpoint(model: MaskedLM, config: dict, path: Path) -> None:
+    """The configuration and the weights in half precision (tied weights stay shared: stored once)."""
+    state = copy.deepcopy(model).half().state_dict()
+    torch.save({"config": config, "state_dict": {k: v for k, v in state.items() if k != POSITIONS_KEY}}, path)
+
+
+def load_checkpoint(path: Path, vocab: Vocab) -> MaskedLM:
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    model = make_model(saved["config"], vocab)
+    result = model.load_state_dict(saved["state_dict"], strict=False)  # half precision is copied into float32
+    if result.missing_keys != [POSITIONS_KEY] or result.unexpected_keys:
+        raise ValueError(f"{path} does not match its model: {result}")
+    return model
+
+
+# ---------------------------------------------------------------- fill in the blanks
+def sentence_ids(sentence: str, vocab: Vocab) -> torch.Tensor:
+    """Lowercase words and punctuation marks as separate tokens; `[MASK]` (any case) becomes `<mask>`."""
+    tokens = re.findall(r"\[mask\]|\w+|[^\w\s]", sentence.lower())
+    return torch.tensor([MASK_ID if t == "[mask]" else vocab.stoi.get(t, UNK_ID) for t in tokens])
+
+
+@torch.no_grad()
+def fill_mask(model: nn.Module, vocab: Vocab, sentence: str, k: int = 5) -> list[list[tuple[str, float]]]:
+    """The top-k words and their probabilities for each `[MASK]`, renormalised over real words (no specials)."""
+    ids = sentence_ids(sentence, vocab)
+    if not (ids == MASK_ID).any():
+        raise ValueError(f"no [MASK] in {sentence!r}")
+    model.eval()
+    logits = model(pack(ids[None], (ids == MASK_ID)[None])).float()
+    logits[:, [UNK_ID, MASK_ID]] = -math.inf
+    probs, top = logits.softmax(-1).topk(k, -1)
+    return [[(vocab.itos[i], p) for i, p in zip(row.tolist(), prob.tolist())] for row, prob in zip(top, probs)]
+
+
+# ---------------------------------------------------------------- the experiments
+CHANGES = {  # candidate changes to the baseline, at the same parameter budget and the same tokens seen
+    "loss on masked positions only": {"loss_on": "masked"},
+    "mask 30% of the training words": {"mask_rate": 0.3},
+    "80/10/10 corruption": {"bert": True},
+    "dynamic masking": {"dynamic": True},
+    "tied embeddings": {"tied": True},
+    "pre-LayerNorm": {"pre_norm": True},
+    "AdamW, warmup, cosine decay": {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.01, "warmup": 0.05},
+    "dropout 0.1": {"dropout": 0.1},
+    "output bias = log unigram frequencies": {"unigram_bias": True},
+}
+ALL_CHANGES = {key: value for change in CHANGES.values() for key, value in change.items()}
+
+
+def make_config(name: str, smoke: bool = False, **changes) -> dict:
+    """BASELINE with `changes`; the smoke profile trains one epoch on the first 20k tokens of each split."""
+    config = BASELINE | changes | {"name": name}
+    return config | ({"limit": 20_000, "epochs": 1} if smoke else {})
+
+
+def ablation_configs(smoke: bool = False) -> dict[str, dict]:
+    """Every change together, and every change but one, in turn (that change's own effect)."""
+    configs = {"all changes": make_config("all_changes", smoke, **ALL_CHANGES)}
+    for label, change in CHANGES.items():
+        reverted = ALL_CHANGES | {key: BASELINE[key] for key in change}
+        configs[f"without {label}"] = make_config(f"without_{change_slug(label)}", smoke, **reverted)
+    return configs
+
+
+def change_slug(label: str) -> str:
+    return re.sub(r"\W+", "_", label.lower()).strip("_")
+
+
+UNRESTRICTED = {  # label -> changes to the all-changes model
+    "4x longer (12 epochs)": {"epochs": 12},
+}
+
+
+def unrestricted_configs(smoke: bool = False) -> dict[str, dict]:
+    return {label: make_config(f"unrestricted_{i}", smoke, **(ALL_CHANGES | changes))
+            for i, (label, changes) in enumerate(UNRESTRICTED.items())}

@@ -1,0 +1,232 @@
+"""mlm/common.py: articles, vocabulary, masking, the fixed evaluation set, metrics, models, fill-mask."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import load_challenge
+
+common = load_challenge("mlm")
+
+WIKI = "\n".join([  # WikiText's layout: a space at both ends of every line
+    " ", " = First article = ", " ", " the cat sat on the mat . ", " ", " = = A section = = ",
+    " ", " The cat ran . ", " = Second = ", " ", " a dog sat . ",
+])
+
+
+def test_articles_start_at_titles_and_keep_their_sections(tmp_path):
+    (tmp_path / "wiki.tokens").write_text(WIKI)
+    articles = common.read_articles(tmp_path / "wiki.tokens")
+    assert len(articles) == 2
+    assert articles[0][:4] == ["=", "first", "article", "="]
+    assert ["=", "=", "a", "section", "=", "="] == articles[0][11:17]
+    assert articles[1] == ["=", "second", "=", "a", "dog", "sat", "."]
+
+
+@pytest.mark.parametrize("line, title", [(" = Title = ", True), (" = M @-@ 82 ( road ) = ", True),
+                                         (" = = Section = = ", False), (" = = = Sub = = = ", False),
+                                         (" the = sign ", False)])
+def test_only_single_equals_lines_are_titles(line, title):
+    assert common.is_title(line) is title
+
+
+def test_hold_out_splits_whole_articles_reproducibly():
+    articles = [[str(i)] for i in range(50)]
+    train, held = common.hold_out(articles, 0.1, seed=0)
+    assert len(held) == 5 and len(train) == 45
+    assert sorted(train + held) == sorted(articles)
+    assert common.hold_out(articles, 0.1, seed=0) == (train, held)
+
+
+def test_vocab_orders_by_frequency_and_maps_unknown_words_to_unk():
+    vocab = common.Vocab("b a b c b a <unk>".split())
+    assert vocab.itos[:2] == [common.UNK, common.MASK]
+    assert vocab.itos[2:] == ["b", "a", "c"]
+    assert vocab.encode(["a", "zebra", "<unk>"]).tolist() == [3, common.UNK_ID, common.UNK_ID]
+    assert vocab.frequencies().tolist() == [1, 0, 3, 2, 1]
+
+
+def test_batchify_cuts_the_stream_into_contiguous_rows():
+    rows = common.batchify(torch.arange(23), 5)
+    assert rows.shape == (5, 4)
+    assert rows[1].tolist() == [4, 5, 6, 7]
+
+
+def test_fixed_eval_set_is_deterministic_and_masks_ten_percent():
+    ids = torch.randint(2, 100, (35 * 200,))
+    ids[::17] = common.UNK_ID
+    (inputs, windows), (again, again_windows) = common.fixed_eval_set(ids), common.fixed_eval_set(ids)
+    assert torch.equal(inputs, again) and torch.equal(windows, again_windows)
+    assert torch.equal(windows.flatten(), ids)
+    masked = inputs[:, 0] == common.MASK_ID
+    assert masked.sum() == round(0.1 * ids.numel())
+    scored = inputs[:, 1].bool()
+    assert torch.equal(scored, masked & (ids.view(-1, 35) != common.UNK_ID))  # <unk> targets are not scored
+    targets = torch.cat([t for _, t in common.eval_batches((inputs, windows), batch_size=64)])
+    assert torch.equal(targets, ids.view(-1, 35)[scored])
+    assert not torch.equal(common.fixed_eval_set(ids, seed=1)[0], inputs)
+
+
+def test_bert_corruption_splits_masked_words_80_10_10():
+    ids = torch.randint(2, 1000, (400_000,))
+    generator = torch.Generator().manual_seed(0)
+    masked = common.choose_masked(ids.shape, generator=generator)
+    corrupted = common.corrupt(ids, masked, 1000, bert=True, generator=generator)
+    assert masked.float().mean() == pytest.approx(0.1, abs=0.002)
+    assert torch.equal(corrupted[~masked], ids[~masked])
+    as_mask = (corrupted[masked] == common.MASK_ID).float().mean()
+    unchanged = (corrupted[masked] == ids[masked]).float().mean()
+    assert as_mask == pytest.approx(0.8, abs=0.01)
+    assert unchanged == pytest.approx(0.1 + 0.1 / 998, abs=0.01)  # a random word can equal the original
+    assert (corrupted[masked] >= 2).sum() == masked.sum() - (corrupted[masked] == common.MASK_ID).sum()
+
+
+def test_plain_corruption_masks_every_chosen_word():
+    ids = torch.randint(2, 50, (1000,))
+    masked = common.choose_masked(ids.shape, generator=torch.Generator().manual_seed(0))
+    corrupted = common.corrupt(ids, masked, 50, bert=False)
+    assert torch.equal(corrupted == common.MASK_ID, masked)
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_training_masks_are_static_or_redrawn_each_epoch(dynamic):
+    batches = common.MaskedBatches(torch.randint(2, 50, (2000,)), columns=4, bptt=10, dynamic=dynamic,
+                                   loss_on="masked", vocab_size=50)
+    first, second = (torch.cat([x[:, 0].flatten() for x, _ in batches]) for _ in range(2))
+    assert torch.equal(first, second) is not dynamic
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.3])
+def test_training_masks_the_requested_share_of_words(rate):
+    batches = common.MaskedBatches(torch.randint(2, 50, (200_000,)), loss_on="masked", vocab_size=50, rate=rate)
+    inputs = torch.cat([x[:, 0].flatten() for x, _ in batches])
+    assert (inputs == common.MASK_ID).float().mean() == pytest.approx(rate, abs=0.005)
+
+
+@pytest.mark.parametrize("loss_on", ["all", "masked"])
+def test_training_batches_predict_all_or_only_masked_positions(loss_on):
+    ids = torch.randint(2, 50, (2000,))
+    batches = common.MaskedBatches(ids, columns=4, bptt=10, loss_on=loss_on, vocab_size=50)
+    assert len(batches) == len(list(batches)) == 50
+    x, targets = next(iter(batches))
+    assert x.shape == (4, 2, 10)
+    predict = x[:, 1].bool()
+    assert torch.equal(predict, torch.ones_like(predict) if loss_on == "all" else x[:, 0] == common.MASK_ID)
+    assert torch.equal(targets, common.batchify(ids, 4)[:, :10][predict])
+
+
+class Fixed(torch.nn.Module):
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, x):
+        return self.logits[: int(x[:, 1].sum())]
+
+
+def test_masked_metrics_match_a_brute_force_computation():
+    torch.manual_seed(0)
+    logits, targets = torch.randn(30, 12), torch.randint(0, 12, (30,))
+    x = common.pack(torch.zeros(3, 10, dtype=torch.long), torch.ones(3, 10, dtype=torch.bool))
+    metrics = common.masked_metrics(Fixed(logits), [(x, targets)])
+    ce = F.cross_entropy(logits, targets).item()
+    ranks = [(logits[i] > logits[i, targets[i]]).sum().item() for i in range(30)]
+    assert metrics["cross_entropy"] == pytest.approx(ce, rel=1e-6)
+    assert metrics["perplexity"] == pytest.approx(math.exp(ce), rel=1e-6)
+    assert metrics["top1"] == sum(r == 0 for r in ranks) / 30
+    assert metrics["top5"] == sum(r < 5 for r in ranks) / 30
+    assert common.top5_accuracy(logits, targets) == pytest.approx(metrics["top5"])
+
+
+def test_unigram_predicts_training_frequencies():
+    vocab = common.Vocab("a a a b".split())
+    model = common.Unigram(vocab.frequencies())
+    batches = common.eval_batches(common.fixed_eval_set(vocab.encode("a b a a b a a a b a".split() * 7), seq_len=10))
+    metrics = common.masked_metrics(model, batches)
+    targets = torch.cat([t for _, t in batches])
+    p = {vocab.stoi["a"]: 0.75, vocab.stoi["b"]: 0.25}
+    assert metrics["cross_entropy"] == pytest.approx(-sum(math.log(p[t]) for t in targets.tolist()) / len(targets))
+    assert metrics["top1"] == pytest.approx((targets == vocab.stoi["a"]).float().mean().item())
+
+
+VOCAB = common.Vocab([f"w{i}" for i in range(998)] * 2 + ["w0"])  # 1000 entries with the two specials
+
+
+def model_params(**changes):
+    return common.count_parameters(common.make_model(common.BASELINE | changes, VOCAB))
+
+
+def test_model_returns_logits_of_the_predicted_positions_only():
+    model = common.make_model(common.BASELINE, VOCAB).eval()
+    ids = torch.randint(0, 1000, (3, 35))
+    predict = torch.zeros(3, 35, dtype=torch.bool)
+    predict[0, 3] = predict[2, 7] = True
+    assert model(common.pack(ids, predict)).shape == (2, 1000)
+    everything = model(common.pack(ids, torch.ones_like(predict))).view(3, 35, 1000)
+    assert torch.allclose(model(common.pack(ids, predict)), everything[predict], atol=1e-5)
+
+
+def test_model_attends_in_both_directions():
+    model = common.make_model(common.BASELINE, VOCAB).eval()
+    ids = torch.randint(2, 100, (1, 10))
+    predict = torch.zeros(1, 10, dtype=torch.bool)
+    predict[0, 0] = True
+    changed = ids.clone()
+    changed[0, -1] = (ids[0, -1] + 1 - 2) % 98 + 2
+    assert not torch.allclose(model(common.pack(ids, predict)), model(common.pack(changed, predict)))
+
+
+def test_same_resource_changes_keep_the_parameter_budget():
+    baseline = model_params()
+    for label, change in common.CHANGES.items():
+        params = model_params(**change)
+        assert params <= baseline + 2 * 200, label  # pre-LayerNorm adds one final LayerNorm (400 weights)
+    assert model_params(tied=True) == baseline - 200 * 1000
+    assert model_params(**common.ALL_CHANGES) <= baseline
+
+
+def test_unigram_bias_starts_the_decoder_at_log_frequencies():
+    model = common.make_model(common.BASELINE | {"unigram_bias": True}, VOCAB)
+    expected = ((VOCAB.frequencies() + 1) / (VOCAB.frequencies() + 1).sum()).log()
+    assert torch.allclose(model.decoder.bias, expected)
+    assert VOCAB.frequencies()[2] == 3 and torch.all(common.make_model(common.BASELINE, VOCAB).decoder.bias == 0)
+
+
+def test_ablation_reverts_exactly_one_change_at_a_time():
+    configs = common.ablation_configs()
+    same = configs.pop("all changes")
+    for (label, change), config in zip(common.CHANGES.items(), configs.values()):
+        differing = {k for k in common.BASELINE if config[k] != same[k]}
+        assert differing == set(change), label
+
+
+def test_fill_mask_ranks_words_for_each_mask():
+    vocab = common.Vocab("the cat sat on the mat".split())
+    torch.manual_seed(0)
+    model = common.make_model(common.BASELINE | {"d_model": 16, "d_hid": 16}, vocab)
+    filled = common.fill_mask(model, vocab, "The [MASK] sat on the [mask] !", k=3)
+    assert len(filled) == 2
+    for candidates in filled:
+        words, probs = zip(*candidates)
+        assert len(words) == 3 and not {common.UNK, common.MASK} & set(words)
+        assert list(probs) == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+    with pytest.raises(ValueError):
+        common.fill_mask(model, vocab, "no blank here")
+
+
+def test_checkpoint_round_trips_in_half_precision_without_duplicating_tied_weights(tmp_path):
+    config = common.BASELINE | common.ALL_CHANGES
+    model = common.make_model(config, VOCAB).eval()
+    common.save_checkpoint(model, config, tmp_path / "model.pt")
+    loaded = common.load_checkpoint(tmp_path / "model.pt", VOCAB).eval()
+    x = common.pack(torch.randint(2, 1000, (2, 35)), torch.rand(2, 35) < 0.2)
+    assert torch.allclose(model(x), loaded(x), atol=0.05)
+    assert model.embedding.weight.dtype == torch.float32  # saving leaves the model itself in float32
+    assert (tmp_path / "model.pt").stat().st_size < 2.2 * model_params(**common.ALL_CHANGES)
+
+
+def test_sentence_ids_split_punctuation_and_map_unknown_words():
+    vocab = common.Vocab("the cat , .".split())
+    ids = common.sentence_ids("The cat, [MASK] zebra.", vocab)
+    assert ids.tolist() == [vocab.stoi["the"], vocab.stoi["cat"], vocab.stoi[","], common.MASK_ID, common.UNK_ID,
+                            vocab.stoi["."]]
