@@ -282,3 +282,17 @@ def test_tensorboard_keeps_epochs_before_a_crash_and_logs_the_rest_on_resume(tmp
     run(tmp_path)
     for tag in ["lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"]:
         assert logged_steps(tmp_path / "tb", tag) == list(range(EPOCHS)), tag
+
+
+def test_clip_grad_norm_bounds_every_step():
+    seed_everything(0)
+    model = nn.Linear(4, 3)
+    with torch.no_grad():
+        model.weight.fill_(50.0)  # huge logits: the unclipped gradient norm is far above the bound
+    start = nn.utils.parameters_to_vector(model.parameters()).detach().clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    one_batch = DataLoader(TRAIN, batch_size=len(TRAIN))
+    fit(model, optimizer, nn.CrossEntropyLoss(), one_batch, DataLoader(VAL, batch_size=24), 1,
+        clip_grad_norm=0.01, progress=False)
+    step = nn.utils.parameters_to_vector(model.parameters()).detach() - start  # lr 1: the step is the gradient
+    assert 0.0099 < step.norm() <= 0.01 + 1e-6
