@@ -249,18 +249,6 @@ class Unigram(nn.Module):
         return self.log_probs.expand(int(x[:, 1].sum()), -1)
 
 
-class Ensemble(nn.Module):
-    """Averages its members' probabilities; returns log-probabilities (valid logits for cross-entropy)."""
-
-    def __init__(self, members: list[nn.Module]):
-        super().__init__()
-        self.members = nn.ModuleList(members)
-
-    def forward(self, x):
-        probs = torch.stack([member(x).softmax(-1) for member in self.members]).mean(0)
-        return probs.log()
-
-
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())  # a tied weight is counted once
 
