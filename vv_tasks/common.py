@@ -232,7 +232,7 @@ def train_run(config: dict, run_dir: Path) -> dict:
     (loop), loss/strength (task 4), limit_per_class (smoke profile).
     """
     task = config["task"]
-    model_name, lr, epochs = RECIPES[config.get("recipe", task)]
+    model_name, lr, epochs = RECIPES[task]
     epochs = config.get("epochs", epochs)
     data_task = "task3" if task == "task3" else "task1"
     seed_everything(config["seed"])
@@ -247,7 +247,7 @@ def train_run(config: dict, run_dir: Path) -> dict:
     model = MODELS[model_name]().to(pick_device())
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     loss_name, strength = config.get("loss", "ce"), config.get("strength")
-    loss_fn = (lambda logits, labels: LOSSES[loss_name](logits, labels, strength))
+    loss_fn = lambda logits, labels: LOSSES[loss_name](logits, labels, strength)
     loop = improved_loop_options(optimizer, epochs, len(train_loader)) if config.get("loop") else {}
     history = fit(model, optimizer, loss_fn, train_loader, val_loader, epochs, run_dir=run_dir,
                   eval_loss_fn=nn.CrossEntropyLoss(), metrics={"mean_abs_logit": mean_abs_logit},
