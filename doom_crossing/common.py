@@ -1,6 +1,5 @@
 """doom_crossing/common.py: data (Kaggle Doom vs Animal Crossing, or its Intel stand-in), the pretrained
 MobileNetV2 classifier, linear probe, fine-tuning, statistics, Grad-CAM, OOD detection and a new class."""
-import math
 import os
 from pathlib import Path
 
@@ -82,13 +81,6 @@ def split(labels, seed: int = 0, fractions=(0.7, 0.15, 0.15)) -> dict[str, np.nd
     val_share = fractions[1] / (fractions[1] + fractions[2])
     val, test = train_test_split(rest, train_size=val_share, stratify=labels[rest], random_state=seed)
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
-
-
-def small(data: ImageArrays, per_class: int, seed: int = 0) -> ImageArrays:
-    """At most `per_class` images of every class (the smoke profile)."""
-    rng = np.random.default_rng(seed)
-    keep = [rng.permutation(np.where(data.labels == c)[0])[:per_class] for c in np.unique(data.labels)]
-    return data.subset(np.sort(np.concatenate(keep)))
 
 
 # ---------------------------------------------------------------- model
@@ -196,14 +188,6 @@ def learning_curve(train_x, train_y, test_x, test_y, sizes, seeds=(0, 1, 2)) -> 
 
 
 # ---------------------------------------------------------------- statistics
-
-def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion."""
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
-
 
 def auroc(scores_negative, scores_positive) -> float:
     """Probability that a positive scores above a negative (ties count half): the ROC AUC."""

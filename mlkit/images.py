@@ -79,6 +79,12 @@ class ImageArrays:
         index = np.asarray(index)
         return ImageArrays(self.images[index], self.labels[index], [self.paths[i] for i in index], self.classes)
 
+    def sample_per_class(self, per_class: int, seed: int = 0) -> "ImageArrays":
+        """At most `per_class` random images of every class, in dataset order (e.g. a smoke-test subset)."""
+        rng = np.random.default_rng(seed)
+        keep = [rng.permutation(np.where(self.labels == c)[0])[:per_class] for c in np.unique(self.labels)]
+        return self.subset(np.sort(np.concatenate(keep)))
+
 
 def load_class_folders(root, size=None, mode="RGB", cache_dir=None, limit_per_class: int | None = None) -> ImageArrays:
     """Decode `root/<class>/<image>` once; later calls read the `.npz` cache in `cache_dir`.
@@ -163,6 +169,23 @@ def predict_files(model, files, preprocess, classes, top_k: int = 3, batch_size:
             flush()
     flush()
     return results
+
+
+def write_demo_folder(folder, samples: dict[str, np.ndarray]) -> Path:
+    """A folder to try prediction on: `samples` (file name -> uint8 image) saved as they are, plus the
+    inputs that must fail or be converted cleanly: an RGBA and a grayscale copy of the first sample, an
+    empty file, a corrupt JPEG and a text file."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, image in samples.items():
+        Image.fromarray(image).save(folder / name)
+    first = Image.fromarray(next(iter(samples.values())))
+    first.convert("RGBA").save(folder / "rgba.png")
+    first.convert("L").save(folder / "grayscale.png")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    (folder / "notes.txt.jpg").write_text("a text file with an image suffix")
+    return folder
 
 
 def format_predictions(results: list[dict]) -> str:

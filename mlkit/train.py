@@ -98,11 +98,22 @@ def evaluate(model, loader, loss_fn, metrics: dict[str, Metric] | None = None, d
     return result
 
 
+def _to_device(targets, device):
+    if isinstance(targets, (tuple, list)):
+        return type(targets)(t.to(device) for t in targets)
+    return targets.to(device)
+
+
+def _labels(targets) -> torch.Tensor:
+    return targets[0] if isinstance(targets, (tuple, list)) else targets
+
+
 def _train_epoch(model, loader, optimizer, loss_fn, device, scheduler=None, clip_grad_norm=None) -> dict:
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     for inputs, targets in loader:
-        inputs, targets = inputs.to(device), targets.to(device)
+        inputs, targets = inputs.to(device), _to_device(targets, device)
+        labels = _labels(targets)
         optimizer.zero_grad(set_to_none=True)
         logits = model(inputs)
         loss = loss_fn(logits, targets)
@@ -112,9 +123,9 @@ def _train_epoch(model, loader, optimizer, loss_fn, device, scheduler=None, clip
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        total_loss += loss.item() * len(targets)
-        correct += (logits.argmax(1) == targets).sum().item()
-        seen += len(targets)
+        total_loss += loss.item() * len(labels)
+        correct += (logits.argmax(1) == labels).sum().item()
+        seen += len(labels)
     return {"train_loss": total_loss / seen, "train_accuracy": correct / seen}
 
 
@@ -140,7 +151,9 @@ def fit(
 ) -> list[dict]:
     """Train `model` in place and return its per-epoch history.
 
-    `scheduler` steps once per epoch (ReduceLROnPlateau gets the validation loss) or, with
+    Training batches are (inputs, labels) or (inputs, (labels, *extra)): a loss that needs more than the
+    labels (e.g. cached teacher logits) gets the whole tuple; accuracy uses the labels. `scheduler`
+    steps once per epoch (ReduceLROnPlateau gets the validation loss) or, with
     `scheduler_per_batch`, once per batch. `loss_fn` trains; `eval_loss_fn` (default `loss_fn`)
     scores validation. `clip_grad_norm` clips the gradients' global norm before every step. With
     `swa`, the returned `model` holds the averaged weights and the last history row carries their

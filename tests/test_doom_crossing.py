@@ -25,11 +25,6 @@ def test_split_is_stratified_deterministic_and_disjoint():
         assert abs(labels[index].mean() - labels.mean()) < 0.02
 
 
-def test_wilson_interval_matches_the_textbook_value():
-    low, high = common.wilson_interval(81, 100)
-    assert low == pytest.approx(0.7222, abs=1e-4) and high == pytest.approx(0.8749, abs=1e-4)
-
-
 def test_permutation_test_separates_signal_from_noise():
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1], 40)

@@ -7,7 +7,7 @@ from PIL import Image
 from torch import nn
 
 from mlkit import images
-from mlkit.images import BadImageError, format_predictions, load_class_folders, load_image, predict_files
+from mlkit.images import BadImageError, ImageArrays, format_predictions, load_class_folders, load_image, predict_files
 
 
 def solid(path, color, size=(8, 8), mode="RGB"):
@@ -210,3 +210,23 @@ def test_predict_files_accepts_a_single_path(prediction_folder):
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3))
     results = predict_files(model, prediction_folder / "a_good.png", preprocess, ["cat", "dog", "fox"], top_k=5)
     assert len(results) == 1 and len(results[0]["top"]) == 3
+
+
+def test_sample_per_class_caps_each_class_and_keeps_dataset_order():
+    labels = np.array([0] * 10 + [1] * 3 + [2] * 7)
+    data = ImageArrays(np.zeros((20, 2, 2), np.uint8), labels, [str(i) for i in range(20)], ["a", "b", "c"])
+    sample = data.sample_per_class(4, seed=1)
+    assert np.bincount(sample.labels).tolist() == [4, 3, 4]
+    assert sample.paths == sorted(sample.paths, key=int)
+    assert data.sample_per_class(4, seed=1).paths == sample.paths
+
+
+def test_demo_folder_gives_per_file_errors_and_predictions_for_the_rest(tmp_path):
+    samples = {"a.jpg": np.full((8, 8, 3), 200, np.uint8), "b.png": np.zeros((8, 8, 3), np.uint8)}
+    folder = images.write_demo_folder(tmp_path / "demo", samples)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2))
+    results = predict_files(model, folder, lambda p: torch.tensor(load_image(p, (8, 8))).permute(2, 0, 1).float(),
+                            ["x", "y"])
+    by_name = {os.path.basename(r["file"]): r for r in results}
+    assert {n for n, r in by_name.items() if "error" in r} == {"empty.jpg", "corrupt.jpg", "notes.txt.jpg"}
+    assert {n for n, r in by_name.items() if "top" in r} == {"a.jpg", "b.png", "rgba.png", "grayscale.png"}

@@ -3,6 +3,7 @@ import pytest
 import torch
 from sklearn import metrics as sk
 
+from mlkit import metrics as ours
 from mlkit.metrics import accuracy, balanced_accuracy, confusion_matrix, macro_f1, mean_std, per_class_recall
 
 
@@ -105,3 +106,8 @@ def test_mean_std_matches_numpy_sample_std():
 
 def test_mean_std_of_single_value_has_zero_std():
     assert mean_std([0.8]) == (0.8, 0.0)
+
+
+def test_wilson_interval_matches_the_textbook_value():
+    low, high = ours.wilson_interval(81, 100)
+    assert low == pytest.approx(0.7222, abs=1e-4) and high == pytest.approx(0.8749, abs=1e-4)

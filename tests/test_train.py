@@ -296,3 +296,21 @@ def test_clip_grad_norm_bounds_every_step():
         clip_grad_norm=0.01, progress=False)
     step = nn.utils.parameters_to_vector(model.parameters()).detach() - start  # lr 1: the step is the gradient
     assert 0.0099 < step.norm() <= 0.01 + 1e-6
+
+
+def test_fit_passes_tuple_targets_to_the_loss_and_scores_accuracy_on_the_labels():
+    inputs, labels = TRAIN.tensors
+    extra = torch.randn(len(labels), 3)
+    seen = []
+
+    def loss_fn(logits, targets):
+        batch_labels, batch_extra = targets
+        seen.append(batch_extra.shape)
+        return nn.functional.cross_entropy(logits, batch_labels)
+
+    train = DataLoader(list(zip(inputs, zip(labels, extra))), batch_size=16)
+    model = mlp()
+    history = fit(model, torch.optim.SGD(model.parameters(), lr=0.1), loss_fn, train, loaders()[1], epochs=1,
+                  eval_loss_fn=nn.CrossEntropyLoss(), progress=False)
+    assert seen and all(shape == (16, 3) for shape in seen)
+    assert 0 <= history[0]["train_accuracy"] <= 1
