@@ -19,7 +19,7 @@ from mlkit.datasets import DATA_ROOT, prepare
 from mlkit.images import ImageArrays, list_images, load_class_folders, load_image
 from mlkit.pretrained import mobilenet_v2_features
 from mlkit.runtime import seed_everything
-from mlkit.train import fit, load_state
+from mlkit.train import fit, load_half, save_half
 
 IMAGE_SIZE = 150  # every image is decoded at 150x150 (the stand-in's native size)
 CROP = 144  # network input: random crops for training, the centre crop for evaluation
@@ -236,13 +236,12 @@ def probabilities(model, images, tta: bool = False, batch_size: int = 64) -> np.
 
 
 def save_fp16(model, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}, path)
+    save_half(model, path)
 
 
 def load_fp16(path: Path, num_classes: int = 2) -> Classifier:
     model = Classifier(num_classes)
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in load_state(path).items()})
+    model.load_state_dict(load_half(path))
     return model.eval()
 
 

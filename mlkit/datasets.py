@@ -72,7 +72,8 @@ DATASETS = {
         manual="the 15-Scene stand-in for MIT Indoor67 exists only in the offline mirror",
     ),
     "indoor67": Dataset(
-        online=Archive("http://groups.csail.mit.edu/vision/LabelMe/NewImages/indoorCVPR_09.tar", files=15_620),
+        online=Archive("http://groups.csail.mit.edu/vision/LabelMe/NewImages/indoorCVPR_09.tar", top="Images",
+                       files=15_620),
     ),
     "doom_crossing": Dataset(
         online=Archive("kaggle:andrewmvd/doom-crossing"),

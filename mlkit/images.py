@@ -41,7 +41,7 @@ def load_image(path, size: tuple[int, int] | None = None, mode: str = "RGB") -> 
             image = _to_mode(image, mode)
             if size is not None and image.size != tuple(size):
                 image = image.resize(size, Image.Resampling.BILINEAR)
-            return np.asarray(image)
+            return np.array(image)  # a writable copy (torch warns about read-only arrays)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         if isinstance(error, BadImageError):
             raise

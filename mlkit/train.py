@@ -74,6 +74,19 @@ def load_state(path: Path, map_location="cpu"):
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+def save_half(model: torch.nn.Module, path: Path) -> Path:
+    """The model's state dict with floating-point tensors stored as fp16 (half the size on disk)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}, path)
+    return path
+
+
+def load_half(path: Path) -> dict:
+    """A `save_half` state dict with its floating-point tensors back in fp32."""
+    return {k: v.float() if v.is_floating_point() else v for k, v in load_state(path).items()}
+
+
 @torch.no_grad()
 def predict_logits(model, loader, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """All logits and labels of `loader`, in loader order, on the CPU."""

@@ -6,7 +6,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from mlkit.runtime import seed_everything
-from mlkit.train import SWA, EarlyStopping, atomic_save, evaluate, fit, load_state
+from mlkit.train import SWA, EarlyStopping, atomic_save, evaluate, fit, load_half, load_state, save_half
 
 EPOCHS = 4
 
@@ -314,3 +314,13 @@ def test_fit_passes_tuple_targets_to_the_loss_and_scores_accuracy_on_the_labels(
                   eval_loss_fn=nn.CrossEntropyLoss(), progress=False)
     assert seen and all(shape == (16, 3) for shape in seen)
     assert 0 <= history[0]["train_accuracy"] <= 1
+
+
+def test_half_precision_checkpoint_halves_floats_and_loads_back(tmp_path):
+    model = mlp(batch_norm=True)
+    path = save_half(model, tmp_path / "sub" / "model.pt")
+    saved = torch.load(path, weights_only=True)
+    assert saved["0.weight"].dtype == torch.float16 and saved["1.num_batches_tracked"].dtype == torch.long
+    restored = load_half(path)
+    assert restored["0.weight"].dtype == torch.float32
+    assert torch.allclose(restored["0.weight"], model.state_dict()["0.weight"], atol=1e-3)
