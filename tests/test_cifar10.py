@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import torch
+from conftest import load_challenge
+
+common = load_challenge("cifar10")
+
+
+def test_cutout_zeroes_one_square_of_the_given_size_per_sample():
+    torch.manual_seed(0)
+    x = torch.ones(64, 3, 32, 32)
+    out = common.cutout(x, 12)
+    zeros = (out[:, 0] == 0).flatten(1).sum(1)
+    assert zeros.max() == 13 * 13 and zeros.min() > 0  # odd size around the centre; clipped at borders
+    assert torch.equal((out == 0).all(1), (out[:, :1] == 0).squeeze(1))  # all channels together
+
+
+@pytest.mark.parametrize("policy", common.Augment.POLICIES)
+def test_augment_policies_keep_shape_and_range(policy):
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, 32, 32)
+    out = common.Augment(policy)(x)
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+    assert torch.equal(out, x) == (policy == "none")
+
+
+def test_augment_rejects_unknown_policies():
+    with pytest.raises(ValueError, match="augmentation must be one of"):
+        common.Augment("autoaugment")
+
+
+@pytest.mark.parametrize("name", sorted(common.ARCHITECTURES))
+def test_every_architecture_maps_cifar_images_to_ten_logits(name):
+    model = common.build(name)
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    assert common.parameter_count(model) > 0 and common.macs_per_image(model) > 0
+
+
+def test_resnet20_matches_the_paper_size():
+    model = common.build("resnet20")
+    assert 0.26e6 < common.parameter_count(model) < 0.28e6  # He et al. 2016: 0.27 M
+    assert 38e6 < common.macs_per_image(model) < 44e6  # ~41 M multiply-accumulates
+
+
+def test_macs_of_a_single_convolution_are_counted_exactly():
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    assert common.macs_per_image(conv) == 32 * 32 * 8 * 3 * 9
+
+
+def test_optimizer_decays_weights_but_not_norms_and_biases():
+    model = common.build("resnet20")
+    optimizer = common.make_optimizer("sgd_nesterov", model, lr=0.1, weight_decay=5e-4)
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] == 5e-4 and all(p.dim() > 1 for p in decayed["params"])
+    assert plain["weight_decay"] == 0 and all(p.dim() == 1 for p in plain["params"])
+    assert optimizer.defaults["nesterov"]
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        common.make_optimizer("lion", model, 0.1, 0)
+
+
+def test_flip_tta_probabilities_are_a_distribution_and_symmetric_under_mirroring():
+    torch.manual_seed(0)
+    model = common.build("plain_cnn")
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    p = common.predict(model, images, flip_tta=True)
+    assert p.shape == (5, 10) and np.allclose(p.sum(1), 1, atol=1e-5)
+    assert np.allclose(common.predict(model, images[:, :, ::-1].copy(), flip_tta=True), p, atol=1e-5)
+
+
+def test_train_learns_a_separable_toy_problem_and_resumes_as_finished(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 64)
+    images = np.where(labels[:, None, None, None] == 1, 200, 40).astype(np.uint8) * np.ones((1, 32, 32, 3), np.uint8)
+    arrays = common.ImageArrays(images, labels, [str(i) for i in range(64)], ["a", "b"])
+    data = {"train": arrays, "test": arrays}
+    config = common.config("plain_cnn", epochs=3, batch_size=16, optimizer="adamw", lr=1e-3, augmentation="none")
+    _, history = common.train(config, tmp_path / "run", data)
+    assert history[-1]["val_accuracy"] == 1.0
+    _, again = common.train(config, tmp_path / "run", data)
+    assert again == history
