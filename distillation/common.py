@@ -1,0 +1,449 @@
+"""distillation/common.py: Intel Image Classification, the frozen ResNet-152 master, compact students,
+knowledge distillation, int8 ONNX export and the cost measurements."""
+import hashlib
+import io
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from sklearn.model_selection import train_test_split
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from mlkit.batches import ArrayLoader, flip_and_shift, float_batches, random_translate, resize, to_float, unlabelled
+from mlkit.datasets import DATA_ROOT, prepare
+from mlkit.images import ImageArrays, list_images, load_class_folders, load_image, predict_files
+from mlkit.pretrained import mobilenet_v2_features, resnet152
+from mlkit.runtime import seed_everything
+from mlkit.train import fit, load_state
+
+IMAGE_SIZE = 150  # the dataset's native size, and the master's input (as in the starter)
+CACHE = DATA_ROOT / "cache" / "distillation"
+
+
+# ---------------------------------------------------------------- data
+
+def load_data(cache_dir=CACHE, root=DATA_ROOT) -> dict[str, ImageArrays]:
+    """seg_train and seg_test as 150x150 uint8 arrays (decoded once, then read from the cache)."""
+    intel = prepare("intel", root)
+    return {split: load_class_folders(intel / f"seg_{split}", size=(IMAGE_SIZE, IMAGE_SIZE), cache_dir=cache_dir)
+            for split in ("train", "test")}
+
+
+def unlabelled_files(root=DATA_ROOT) -> list[Path]:
+    """The unlabelled `seg_pred` images."""
+    return list_images(prepare("intel", root) / "seg_pred")
+
+
+def validation_split(labels, fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified train / validation indices: the starter's 20% validation, taken from seg_train."""
+    train, val = train_test_split(np.arange(len(labels)), test_size=fraction, stratify=labels, random_state=seed)
+    return np.sort(train), np.sort(val)
+
+
+# ---------------------------------------------------------------- master
+
+class Master(nn.Module):
+    """The starter's master: frozen ImageNet ResNet-152 -> global average pooling -> Dense(6).
+    Takes RGB in [0, 1] (the statistics these weights expect)."""
+
+    def __init__(self, num_classes: int = 6, backbone: nn.Module | None = None):
+        super().__init__()
+        self.backbone = backbone or resnet152()
+        self.backbone.fc = nn.Identity()
+        self.backbone.requires_grad_(False)
+        self.head = nn.Linear(2048, num_classes)
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+@torch.no_grad()
+def backbone_features(backbone: nn.Module, images, desc: str = "ResNet-152 features") -> np.ndarray:
+    """Pooled 2048-d features of full 150x150 images."""
+    backbone.eval().to(memory_format=torch.channels_last)
+    return torch.cat([backbone(x) for x in float_batches(images, desc=desc)]).numpy()
+
+
+def master_features(backbone: nn.Module, data: dict[str, ImageArrays], smoke: bool) -> dict[str, np.ndarray]:
+    """The frozen backbone's features of every split, computed once per profile (the starter's backbone
+    never changes, so its features are the same in every epoch)."""
+    suffix = "-smoke" if smoke else ""
+    return {split: cached(CACHE / f"resnet152-{split}{suffix}.npy", partial(backbone_features, backbone, d.images))
+            for split, d in data.items()}
+
+
+def save_teacher_logits(logits: np.ndarray, smoke: bool) -> str:
+    """Write the teacher's training-set logits to the cache folder under a name carrying their hash
+    (so a student run's configuration names the exact teacher it learned from); returns the name."""
+    digest = hashlib.sha256(np.ascontiguousarray(logits, dtype=np.float32).tobytes()).hexdigest()[:12]
+    name = f"teacher{'-smoke' if smoke else ''}-{digest}.npy"
+    if not (CACHE / name).exists():
+        cached(CACHE / name, lambda: logits)
+    return name
+
+
+def cached(path: Path, compute) -> np.ndarray:
+    """`compute()` once, saved as `path` (.npy); later calls read it."""
+    if path.exists():
+        return np.load(path)
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npy")
+    np.save(tmp, value)
+    tmp.replace(path)
+    return value
+
+
+# ---------------------------------------------------------------- batches and augmentation
+
+def random_view_and_shift(max_shift: int):
+    """Training transform for cached maps (N, 2, C, H, W) of each image and its mirror image: one of the two
+    at random, then a random shift of up to `max_shift` cells."""
+    def transform(x):
+        view = (torch.rand(len(x)) < 0.5).long()
+        return random_translate(x[torch.arange(len(x)), view], max_shift)
+    return transform
+
+
+def first_view(x: torch.Tensor) -> torch.Tensor:
+    """Evaluation transform for cached map pairs: the maps of the image itself."""
+    return x[:, 0]
+
+
+# ---------------------------------------------------------------- students
+
+def conv_bn_relu(c_in: int, c_out: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, groups=groups, bias=False),
+                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class CompactCNN(nn.Module):
+    """A VGG-style student trained from scratch: five 3x3 conv stages (width w, 2w, 4w, 8w, 8w) with
+    max-pooling, global average pooling, dropout, linear. Takes RGB in [0, 1]."""
+
+    def __init__(self, num_classes: int = 6, width: int = 24):
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            conv_bn_relu(3, w), nn.MaxPool2d(2),
+            conv_bn_relu(w, 2 * w), nn.MaxPool2d(2),
+            conv_bn_relu(2 * w, 4 * w), conv_bn_relu(4 * w, 4 * w), nn.MaxPool2d(2),
+            conv_bn_relu(4 * w, 8 * w), conv_bn_relu(8 * w, 8 * w), nn.MaxPool2d(2),
+            conv_bn_relu(8 * w, 8 * w))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(8 * w, num_classes))
+
+    def forward(self, x):
+        return self.head(self.features((x - 0.5) / 0.25))
+
+
+class MobileNetStudent(nn.Module):
+    """The first 14 blocks of ImageNet MobileNetV2 (up to the 96-channel, stride-16 stage; the rest of
+    the network holds 75% of its parameters) and a small new head. The first 7 blocks (`stem`) stay
+    frozen, which also lets training run on their cached outputs. Takes RGB in [0, 1]."""
+
+    MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+    def __init__(self, num_classes: int = 6, head_width: int = 384):
+        super().__init__()
+        features = mobilenet_v2_features()
+        self.stem, self.body = features[:7], features[7:14]
+        self.stem.requires_grad_(False)
+        self.head = nn.Sequential(nn.Conv2d(96, head_width, 1, bias=False), nn.BatchNorm2d(head_width), nn.ReLU6(),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2),
+                                  nn.Linear(head_width, num_classes))
+        self.register_buffer("mean", torch.tensor(self.MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(self.STD).view(1, 3, 1, 1))
+        self.train()  # a new module is in training mode: put the frozen stem in evaluation mode from the start
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.stem.eval()  # frozen, batch-norm statistics included
+        return self
+
+    def stem_maps(self, x):
+        return self.stem((x - self.mean) / self.std)
+
+    def from_stem(self, maps):
+        return self.head(self.body(maps))
+
+    def forward(self, x):
+        return self.from_stem(self.stem_maps(x))
+
+
+class FromStem(nn.Module):
+    """Train `student` on cached stem maps: its trainable part only."""
+
+    def __init__(self, student: MobileNetStudent):
+        super().__init__()
+        self.student = student
+
+    def forward(self, maps):
+        return self.student.from_stem(maps)
+
+
+class DistillationLoss(nn.Module):
+    """Hinton et al. 2015: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labels),
+    where _T is the softmax at temperature T (T^2 keeps the soft term's gradients on the scale of the
+    hard term's). alpha = 0 is plain cross-entropy; targets are (labels, teacher_logits) or labels."""
+
+    def __init__(self, temperature: float = 4.0, alpha: float = 0.9):
+        super().__init__()
+        if temperature <= 0 or not 0 <= alpha <= 1:
+            raise ValueError(f"need temperature > 0 and 0 <= alpha <= 1, got T={temperature}, alpha={alpha}")
+        self.temperature, self.alpha = temperature, alpha
+
+    def forward(self, logits, targets):
+        labels, teacher = targets if isinstance(targets, (tuple, list)) else (targets, None)
+        hard = F.cross_entropy(logits, labels)
+        if self.alpha == 0 or teacher is None:
+            return hard
+        t = self.temperature
+        soft = F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(teacher / t, 1), log_target=True,
+                        reduction="batchmean")
+        return self.alpha * t * t * soft + (1 - self.alpha) * hard
+
+
+# ---------------------------------------------------------------- training
+
+def master_config(smoke: bool) -> dict:
+    return {"name": "master-head", "epochs": 1 if smoke else 20, "lr": 1e-3, "num_classes": 6, "seed": 0,
+            "smoke": smoke}
+
+
+def train_master_head(config: dict, run_dir: Path, features, labels, splits) -> tuple[nn.Linear, list[dict]]:
+    """The starter's recipe on cached features: Dense(6) with Adam (lr 1e-3), batch 32, 20 epochs."""
+    seed_everything(config["seed"])
+    head = nn.Linear(features.shape[1], config["num_classes"])
+    train, val = splits
+    features, labels = torch.as_tensor(features), torch.as_tensor(labels)
+    train_loader = DataLoader(TensorDataset(features[train], labels[train]), batch_size=32, shuffle=True)
+    val_loader = DataLoader(TensorDataset(features[val], labels[val]), batch_size=256)
+    optimizer = torch.optim.Adam(head.parameters(), lr=config["lr"])
+    history = fit(head, optimizer, nn.CrossEntropyLoss(), train_loader, val_loader, config["epochs"],
+                  run_dir=run_dir, progress=False)
+    return head, history
+
+
+STUDENT_INPUT = {"cnn": 64, "mobilenet": 128}  # input side in pixels, chosen from measured CPU cost
+
+
+def build_student(kind: str, num_classes: int = 6) -> nn.Module:
+    if kind not in STUDENT_INPUT:
+        raise ValueError(f"student must be one of {sorted(STUDENT_INPUT)}, not {kind!r}")
+    return CompactCNN(num_classes) if kind == "cnn" else MobileNetStudent(num_classes)
+
+
+def student_inputs(kind: str, images, stem: MobileNetStudent | None = None) -> torch.Tensor:
+    """What a student trains on: resized uint8 images (cnn), or the frozen stem's maps of the resized
+    image and of its mirror image, (N, 2, 32, H/8, W/8) fp16 (mobilenet)."""
+    resized = resize(images, STUDENT_INPUT[kind])
+    if kind == "cnn":
+        return resized
+    with torch.no_grad():
+        return torch.cat([torch.stack([stem.stem_maps(x), stem.stem_maps(x.flip(3))], 1).half()
+                          for x, _ in unlabelled(resized, batch_size=128)])
+
+
+def train_student(config: dict, run_dir: Path, inputs, labels, teacher, splits) -> tuple[nn.Module, list[dict]]:
+    """AdamW with a one-cycle schedule on `inputs` (see `student_inputs`), loss `DistillationLoss`
+    (alpha = 0: no distillation); validation loss is plain cross-entropy."""
+    seed_everything(config["seed"])
+    student = build_student(config["student"])
+    model = FromStem(student) if config["student"] == "mobilenet" else student
+    model.to(memory_format=torch.channels_last)
+    train, val = splits
+    shift = 2 if config["student"] == "cnn" else 1  # pixels, or stem cells (8 pixels)
+    cached_maps = config["student"] == "mobilenet"
+    augment = random_view_and_shift(shift) if cached_maps else flip_and_shift(shift)
+    train_loader = ArrayLoader(inputs[train], labels[train], teacher[train], config["batch_size"], shuffle=True,
+                               transform=augment)
+    val_loader = ArrayLoader(inputs[val], labels[val], batch_size=256, transform=first_view if cached_maps else None)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=config["lr"], weight_decay=config["weight_decay"])
+    steps = config["epochs"] * len(train_loader)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config["lr"], total_steps=steps, pct_start=0.25)
+    loss = DistillationLoss(config["temperature"], config["alpha"])
+    history = fit(model, optimizer, loss, train_loader, val_loader, config["epochs"], run_dir=run_dir,
+                  scheduler=scheduler, scheduler_per_batch=True, eval_loss_fn=nn.CrossEntropyLoss(), progress=False)
+    return student.eval(), history
+
+
+# ---------------------------------------------------------------- cached runs (one per configuration)
+
+def profile_data(smoke: bool) -> dict[str, ImageArrays]:
+    data = load_data()
+    return {split: d.sample_per_class(16 if split == "train" else 8) for split, d in data.items()} if smoke else data
+
+
+def cached_student_inputs(kind: str, smoke: bool, split: str) -> torch.Tensor:
+    """`student_inputs` of a split, computed once per profile and kept in the cache folder."""
+    images = profile_data(smoke)[split].images
+    stem = MobileNetStudent() if kind == "mobilenet" else None
+    path = CACHE / f"{kind}-inputs-{split}{'-smoke' if smoke else ''}.npy"
+    return torch.from_numpy(cached(path, lambda: student_inputs(kind, images, stem).numpy()))
+
+
+def student_config(student: str, temperature: float, alpha: float, teacher: str, smoke: bool, seed: int = 0,
+                   **overrides) -> dict:
+    """A student run; `teacher` names the cached teacher-logits file (its name carries its hash)."""
+    recipe = {"cnn": {"epochs": 20, "lr": 3e-3, "weight_decay": 5e-4, "batch_size": 64},
+              "mobilenet": {"epochs": 8, "lr": 2e-3, "weight_decay": 1e-4, "batch_size": 64}}[student]
+    name = f"{student}-" + (f"kd-T{temperature:g}-a{alpha:g}" if alpha else "ce") + f"-s{seed}"
+    config = {"name": name, "student": student, "temperature": temperature, "alpha": alpha, "teacher": teacher,
+              "seed": seed, "smoke": smoke} | recipe | overrides
+    return config | ({"epochs": 1} if smoke else {})
+
+
+def run_student(config: dict, run_dir: Path) -> dict:
+    """Train (or reload) one student; returns its history, its test logits (end to end, from the test
+    images) and its weights' path."""
+    data = profile_data(config["smoke"])
+    labels = torch.as_tensor(data["train"].labels)
+    inputs = cached_student_inputs(config["student"], config["smoke"], "train")
+    teacher = torch.from_numpy(np.load(CACHE / config["teacher"]))
+    splits = validation_split(data["train"].labels)
+    student, history = train_student(config, run_dir, inputs, labels, teacher, splits)
+    test_logits = cached(run_dir / "test_logits.npy", lambda: student_logits(student, config["student"],
+                                                                             data["test"].images))
+    return {"config": config, "history": history, "test_logits": test_logits, "weights": run_dir / "final.pt"}
+
+
+@torch.no_grad()
+def student_logits(student: nn.Module, kind: str, images) -> np.ndarray:
+    """Logits of the whole student (stem included) on uint8 150x150 images."""
+    student.eval()
+    resized = resize(images, STUDENT_INPUT[kind])
+    return torch.cat([student(x) for x, _ in unlabelled(resized)]).numpy()
+
+
+def load_student(kind: str, weights: Path) -> nn.Module:
+    """A trained student from its run's weights (saved from the `FromStem` wrapper for mobilenet)."""
+    student = build_student(kind)
+    state = load_state(weights)
+    student.load_state_dict({k.removeprefix("student."): v for k, v in state.items()})
+    return student.eval()
+
+
+# ---------------------------------------------------------------- deployment: ONNX, int8, cost
+
+def export_onnx(model: nn.Module, side: int, path: Path) -> Path:
+    """ONNX graph of `model` for (batch, 3, side, side) inputs in [0, 1], dynamic batch size."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = (torch.rand(2, 3, side, side),)
+    torch.onnx.export(model.eval(), example, str(path), input_names=["image"], output_names=["logits"],
+                      dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False)
+    return path
+
+
+class _Calibration:
+    """onnxruntime calibration reader: a few hundred training images, one batch at a time."""
+
+    def __init__(self, images: torch.Tensor, batch_size: int = 32):
+        self.batches = iter([{"image": x.contiguous().numpy()} for x, _ in unlabelled(images, batch_size)])
+
+    def get_next(self):
+        return next(self.batches, None)
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path, calibration_images: torch.Tensor) -> Path:
+    """Static post-training quantization: int8 weights (per channel) and activations (QDQ format),
+    activation ranges calibrated on `calibration_images` (uint8, already at the model's input size)."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = fp32_path.with_name(fp32_path.stem + "-prep.onnx")
+    quant_pre_process(str(fp32_path), str(prepared))
+    quantize_static(str(prepared), str(int8_path), _Calibration(calibration_images), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    prepared.unlink()
+    return int8_path
+
+
+def onnx_session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_logits(session, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    """Logits of an ONNX session on uint8 (N, 3, H, W) images."""
+    return np.concatenate([session.run(None, {"image": x.contiguous().numpy()})[0]
+                           for x, _ in unlabelled(images, batch_size)])
+
+
+def latency_ms(predict, example, runs: int = 200, warmup: int = 20) -> dict[str, float]:
+    """Median and 95th percentile of single-call wall time in milliseconds, after `warmup` calls."""
+    for _ in range(warmup):
+        predict(example)
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        predict(example)
+        times.append((time.perf_counter() - started) * 1000)
+    return {"median_ms": float(np.median(times)), "p95_ms": float(np.percentile(times, 95))}
+
+
+def torch_predictor(model: nn.Module):
+    model.eval()
+
+    def predict(x):
+        with torch.inference_mode():
+            return model(x)
+    return predict
+
+
+def onnx_predictor(session):
+    return lambda x: session.run(None, {"image": x.numpy()})[0]
+
+
+def state_dict_megabytes(model: nn.Module) -> float:
+    """Size of the model's fp32 state dict as `torch.save` writes it."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.tell() / 1e6
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------- new images
+
+def preprocess(path, side: int = IMAGE_SIZE) -> torch.Tensor:
+    """One file -> float (3, side, side) in [0, 1] (decoded at 150x150 as in training, then resized);
+    bad files raise BadImageError."""
+    image = torch.tensor(load_image(path, (IMAGE_SIZE, IMAGE_SIZE)))[None]
+    return to_float(image)[0] if side == IMAGE_SIZE else resize(image, side)[0].float() / 255
+
+
+def side_by_side(files, models: dict[str, tuple[nn.Module, int]], classes) -> pd.DataFrame:
+    """Top-1 class and probability of every model (name -> (model, input side)) for every file; an
+    unreadable file gets its error instead and the others still come back."""
+    table = {}
+    for name, (model, side) in models.items():
+        for result in predict_files(model, files, partial(preprocess, side=side), classes, top_k=1):
+            row = table.setdefault(Path(result["file"]).name, {})
+            row[name] = f"ERROR {result['error']}" if "error" in result else "{} {:.0%}".format(*result["top"][0])
+    return pd.DataFrame.from_dict(table, orient="index")
+
+
+def training_throughput(model: nn.Module, input_shape: tuple[int, ...], batch_size: int = 64, steps: int = 3) -> float:
+    """Training images per second (forward, backward, AdamW step) on random inputs, with the current threads."""
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    x = torch.rand(batch_size, *input_shape).contiguous(memory_format=torch.channels_last)
+    y = torch.zeros(batch_size, dtype=torch.long)
+    for step in range(steps + 1):
+        if step == 1:  # the first step warms up allocators and kernels
+            started = time.perf_counter()
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    return steps * batch_size / (time.perf_counter() - started)

@@ -1,0 +1,110 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import load_challenge
+
+common = load_challenge("distillation")
+
+
+def test_distillation_loss_without_teacher_weight_is_cross_entropy():
+    logits, labels, teacher = torch.randn(8, 6), torch.randint(0, 6, (8,)), torch.randn(8, 6)
+    loss = common.DistillationLoss(temperature=4, alpha=0)
+    assert torch.allclose(loss(logits, (labels, teacher)), F.cross_entropy(logits, labels))
+    assert torch.allclose(common.DistillationLoss()(logits, labels), F.cross_entropy(logits, labels))
+
+
+def test_distillation_loss_matches_the_hand_computed_formula():
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    teacher = torch.tensor([[1.0, 1.0, 0.0]])
+    labels = torch.tensor([0])
+    t, alpha = 2.0, 0.7
+    p_teacher = np.exp([0.5, 0.5, 0.0]) / np.exp([0.5, 0.5, 0.0]).sum()
+    p_student = np.exp([1.0, 0.0, -0.5]) / np.exp([1.0, 0.0, -0.5]).sum()
+    kl = (p_teacher * np.log(p_teacher / p_student)).sum()
+    ce = -np.log(np.exp(2.0) / np.exp([2.0, 0.0, -1.0]).sum())
+    expected = alpha * t * t * kl + (1 - alpha) * ce
+    assert common.DistillationLoss(t, alpha)(logits, (labels, teacher)).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_pure_soft_loss_is_zero_when_student_equals_teacher():
+    logits = torch.randn(5, 6)
+    assert common.DistillationLoss(3.0, 1.0)(logits, (torch.zeros(5, dtype=torch.long), logits)).item() == \
+        pytest.approx(0, abs=1e-6)
+
+
+@pytest.mark.parametrize("temperature, alpha", [(0, 0.5), (-1, 0.5), (2, 1.5), (2, -0.1)])
+def test_distillation_loss_rejects_bad_settings(temperature, alpha):
+    with pytest.raises(ValueError):
+        common.DistillationLoss(temperature, alpha)
+
+
+def test_validation_split_is_stratified_and_disjoint():
+    labels = np.repeat(np.arange(6), [50, 60, 70, 80, 90, 100])
+    train, val = common.validation_split(labels)
+    assert len(np.intersect1d(train, val)) == 0 and len(train) + len(val) == len(labels)
+    assert np.allclose(np.bincount(labels[val]) / np.bincount(labels), 0.2, atol=0.02)
+
+
+def test_compact_cnn_is_under_a_fiftieth_of_the_master():
+    model = common.CompactCNN(6)
+    assert common.parameter_count(model) * 50 < 58_155_000
+    assert model(torch.rand(2, 3, 96, 96)).shape == (2, 6)
+
+
+def test_mobilenet_student_keeps_its_stem_frozen_and_splits_exactly():
+    student = common.MobileNetStudent(6).train()
+    assert not any(p.requires_grad for p in student.stem.parameters())
+    assert not student.stem.training and student.body.training
+    assert common.parameter_count(student) * 50 < 58_155_000
+    student.eval()
+    x = torch.rand(2, 3, 128, 128)
+    assert torch.allclose(student.from_stem(student.stem_maps(x)), student(x), atol=1e-6)
+
+
+def test_load_student_reads_weights_saved_through_the_stem_wrapper(tmp_path):
+    student = common.MobileNetStudent(6).eval()
+    torch.save(common.FromStem(student).state_dict(), tmp_path / "final.pt")
+    loaded = common.load_student("mobilenet", tmp_path / "final.pt")
+    x = torch.rand(1, 3, 128, 128)
+    assert torch.allclose(loaded(x), student(x))
+
+
+def test_build_student_rejects_unknown_kinds():
+    with pytest.raises(ValueError, match="student must be one of"):
+        common.build_student("resnet")
+
+
+def test_onnx_export_and_int8_quantization_agree_with_torch(tmp_path):
+    torch.manual_seed(0)
+    model = common.CompactCNN(6, width=8).eval()
+    images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8)
+    fp32 = common.export_onnx(model, 32, tmp_path / "model.onnx")
+    int8 = common.quantize_int8(fp32, tmp_path / "model-int8.onnx", images[:20])
+    expected = model(images.float() / 255).detach().numpy()
+    assert np.allclose(common.onnx_logits(common.onnx_session(fp32, 1), images), expected, atol=1e-4)
+    quantized = common.onnx_logits(common.onnx_session(int8, 1), images)
+    assert quantized.shape == expected.shape and np.abs(quantized - expected).max() < 0.5
+    assert int8.stat().st_size < fp32.stat().st_size
+
+
+def test_latency_reports_median_and_95th_percentile():
+    result = common.latency_ms(lambda x: sum(range(1000)), None, runs=20, warmup=2)
+    assert 0 < result["median_ms"] <= result["p95_ms"]
+
+
+def test_cached_map_pairs_give_one_view_in_training_and_the_image_itself_in_evaluation():
+    torch.manual_seed(0)
+    maps = torch.stack([torch.zeros(10, 2, 3, 3), torch.ones(10, 2, 3, 3)], 1)  # view 0 zeros, view 1 ones
+    views = common.random_view_and_shift(1)(maps).flatten(1).mean(1)
+    assert set(views.tolist()) == {0.0, 1.0}
+    assert torch.equal(common.first_view(maps), maps[:, 0])
+
+
+def test_mobilenet_stem_maps_do_not_depend_on_the_rest_of_the_batch():
+    """A fresh student must compute stem maps in evaluation mode: with batch statistics, a batch of one class
+    would encode its label in the maps (and cached maps would not match the deployed model)."""
+    student = common.MobileNetStudent(6)
+    x = torch.rand(4, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(student.stem_maps(x[:1]), student.stem_maps(x)[:1], atol=1e-5)
