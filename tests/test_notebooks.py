@@ -48,3 +48,8 @@ def test_results_json_matches_what_the_notebook_printed(notebook):
     assert printed, "the notebook never printed its results.json"
     assert json.loads(printed[-1].split("\n", 1)[1]) == saved
     assert saved["profile"] == "full"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=_id)
+def test_committed_notebook_holds_no_local_paths(notebook):
+    assert str(ROOT) not in notebook.read_text(), "an absolute path of this checkout is stored in the notebook"
