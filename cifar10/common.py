@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mlkit.batches import ArrayLoader, random_flip, random_translate, unlabelled
+from mlkit.batches import ArrayLoader, channels_first, random_flip, random_translate, unlabelled
 from mlkit.datasets import DATA_ROOT, prepare
 from mlkit.images import ImageArrays, load_class_folders, load_image
 from mlkit.runtime import seed_everything
@@ -36,11 +36,6 @@ def load_cifar10(root=DATA_ROOT) -> dict[str, ImageArrays]:
         out[split] = ImageArrays(data.data, np.asarray(data.targets), [f"{split}/{i}" for i in range(len(data))],
                                  data.classes)
     return out
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, 32, 32, 3) -> uint8 (N, 3, 32, 32), the form the loaders keep in memory."""
-    return torch.as_tensor(images).permute(0, 3, 1, 2).contiguous()
 
 
 # ---------------------------------------------------------------- augmentation
@@ -252,9 +247,9 @@ def train(config: dict, run_dir: Path, data: dict[str, ImageArrays]) -> tuple[nn
     is made on it: every run trains for its fixed number of epochs and the last weights are reported)."""
     seed_everything(config["seed"])
     model = build(config["architecture"]).to(memory_format=torch.channels_last)
-    train_loader = ArrayLoader(to_tensor(data["train"].images), data["train"].labels, batch_size=config["batch_size"],
-                               shuffle=True, transform=Augment(config["augmentation"]))
-    test_loader = ArrayLoader(to_tensor(data["test"].images), data["test"].labels, batch_size=1000)
+    train_loader = ArrayLoader(channels_first(data["train"].images), data["train"].labels,
+                               batch_size=config["batch_size"], shuffle=True, transform=Augment(config["augmentation"]))
+    test_loader = ArrayLoader(channels_first(data["test"].images), data["test"].labels, batch_size=1000)
     optimizer = make_optimizer(config["optimizer"], model, config["lr"], config["weight_decay"])
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config["lr"], epochs=config["epochs"],
                                                     steps_per_epoch=len(train_loader), pct_start=0.25)
@@ -269,7 +264,7 @@ def predict(model: nn.Module, images: np.ndarray, flip_tta: bool = False) -> np.
     """Softmax probabilities of uint8 (N, 32, 32, 3) images; with `flip_tta`, averaged with the mirror images."""
     model.eval()
     out = []
-    for x, _ in unlabelled(to_tensor(images), batch_size=1000):
+    for x, _ in unlabelled(channels_first(images), batch_size=1000):
         p = model(x).softmax(1)
         out.append((p + model(x.flip(3)).softmax(1)) / 2 if flip_tta else p)
     return torch.cat(out).numpy()

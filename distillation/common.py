@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from mlkit.batches import ArrayLoader, flip_and_shift, float_batches, random_translate, resize, to_float, unlabelled
 from mlkit.datasets import DATA_ROOT, prepare
+from mlkit.experiments import cached_array
 from mlkit.images import ImageArrays, list_images, load_class_folders, load_image, predict_files
 from mlkit.pretrained import mobilenet_v2_features, resnet152
 from mlkit.runtime import seed_everything
@@ -73,8 +74,8 @@ def master_features(backbone: nn.Module, data: dict[str, ImageArrays], smoke: bo
     """The frozen backbone's features of every split, computed once per profile (the starter's backbone
     never changes, so its features are the same in every epoch)."""
     suffix = "-smoke" if smoke else ""
-    return {split: cached(CACHE / f"resnet152-{split}{suffix}.npy", partial(backbone_features, backbone, d.images))
-            for split, d in data.items()}
+    return {split: cached_array(CACHE / f"resnet152-{split}{suffix}.npy",
+                                partial(backbone_features, backbone, d.images)) for split, d in data.items()}
 
 
 def save_teacher_logits(logits: np.ndarray, smoke: bool) -> str:
@@ -82,21 +83,8 @@ def save_teacher_logits(logits: np.ndarray, smoke: bool) -> str:
     (so a student run's configuration names the exact teacher it learned from); returns the name."""
     digest = hashlib.sha256(np.ascontiguousarray(logits, dtype=np.float32).tobytes()).hexdigest()[:12]
     name = f"teacher{'-smoke' if smoke else ''}-{digest}.npy"
-    if not (CACHE / name).exists():
-        cached(CACHE / name, lambda: logits)
+    cached_array(CACHE / name, lambda: logits)
     return name
-
-
-def cached(path: Path, compute) -> np.ndarray:
-    """`compute()` once, saved as `path` (.npy); later calls read it."""
-    if path.exists():
-        return np.load(path)
-    value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npy")
-    np.save(tmp, value)
-    tmp.replace(path)
-    return value
 
 
 # ---------------------------------------------------------------- batches and augmentation
@@ -285,7 +273,7 @@ def cached_student_inputs(kind: str, smoke: bool, split: str) -> torch.Tensor:
     images = profile_data(smoke)[split].images
     stem = MobileNetStudent() if kind == "mobilenet" else None
     path = CACHE / f"{kind}-inputs-{split}{'-smoke' if smoke else ''}.npy"
-    return torch.from_numpy(cached(path, lambda: student_inputs(kind, images, stem).numpy()))
+    return torch.from_numpy(cached_array(path, lambda: student_inputs(kind, images, stem).numpy()))
 
 
 def student_config(student: str, temperature: float, alpha: float, teacher: str, smoke: bool, seed: int = 0,
@@ -308,7 +296,7 @@ def run_student(config: dict, run_dir: Path) -> dict:
     teacher = torch.from_numpy(np.load(CACHE / config["teacher"]))
     splits = validation_split(data["train"].labels)
     student, history = train_student(config, run_dir, inputs, labels, teacher, splits)
-    test_logits = cached(run_dir / "test_logits.npy", lambda: student_logits(student, config["student"],
+    test_logits = cached_array(run_dir / "test_logits.npy", lambda: student_logits(student, config["student"],
                                                                              data["test"].images))
     return {"config": config, "history": history, "test_logits": test_logits, "weights": run_dir / "final.pt"}
 

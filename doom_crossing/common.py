@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from mlkit.datasets import DATA_ROOT, prepare
+from mlkit.experiments import cached_array
 from mlkit.images import ImageArrays, list_images, load_class_folders, load_image
 from mlkit.pretrained import mobilenet_v2_features
 from mlkit.runtime import seed_everything
@@ -140,12 +141,7 @@ def embed(model: Classifier, images, batch_size: int = 64) -> np.ndarray:
 
 def cached_features(model, images, path: Path) -> np.ndarray:
     """`embed` once; later calls read `path`."""
-    if path.exists():
-        return np.load(path)
-    features = embed(model, images)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, features)
-    return features
+    return cached_array(path, lambda: embed(model, images))
 
 
 # ---------------------------------------------------------------- linear probe

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from mlkit.batches import ArrayLoader, random_flip, resize, unlabelled
+from mlkit.batches import ArrayLoader, channels_first, random_flip, resize, unlabelled
 from mlkit.datasets import DATA_ROOT, prepare
 from mlkit.images import ImageArrays, load_class_folders, load_image
 from mlkit.metrics import balanced_accuracy
@@ -228,8 +228,7 @@ def train(config: dict, run_dir: Path) -> dict:
     data = pool(config["dataset"], config["smoke"])
     train_index, val_index = split(data.labels, config["seed"])
     seed_everything(config["seed"])
-    stored = torch.as_tensor(data.images)
-    stored = stored[:, None] if stored.dim() == 3 else stored.permute(0, 3, 1, 2)
+    stored = channels_first(data.images)
     labels = torch.as_tensor(data.labels)
     model = build(config, stored.shape[1], len(data.classes)).to(memory_format=torch.channels_last)
     val_inputs = resize(data.images[val_index], config["size"])

@@ -6,12 +6,16 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 
+def channels_first(images) -> torch.Tensor:
+    """uint8 (N, H, W, 3) or grayscale (N, H, W) array or tensor -> uint8 (N, C, H, W) tensor (a view)."""
+    images = torch.as_tensor(images)
+    return (images[..., None] if images.dim() == 3 else images).permute(0, 3, 1, 2)
+
+
 def to_float(images) -> torch.Tensor:
     """uint8 (N, H, W, 3) or grayscale (N, H, W) array or tensor -> float (N, C, H, W) in [0, 1],
     channels-last in memory."""
-    images = torch.as_tensor(images)
-    images = images[..., None] if images.dim() == 3 else images
-    return images.permute(0, 3, 1, 2).float().div(255).contiguous(memory_format=torch.channels_last)
+    return channels_first(images).float().div(255).contiguous(memory_format=torch.channels_last)
 
 
 def float_batches(images, batch_size: int = 64, desc: str | None = None):

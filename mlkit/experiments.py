@@ -13,6 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -21,6 +22,19 @@ def run_dir(runs: Path, config: dict) -> Path:
     """`runs/<name>-<8 hex of the configuration>`; `config["name"]` is a readable label."""
     digest = hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return Path(runs) / f"{config.get('name', 'run')}-{digest}"
+
+
+def cached_array(path: Path, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """`compute()` once, saved atomically as `path` (.npy); later calls read it."""
+    path = Path(path)
+    if path.exists():
+        return np.load(path)
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npy")
+    np.save(tmp, value)
+    tmp.replace(path)
+    return value
 
 
 def _single_thread():

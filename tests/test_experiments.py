@@ -1,8 +1,9 @@
 import os
 
+import numpy as np
 import pytest
 
-from mlkit.experiments import run_all, run_dir
+from mlkit.experiments import cached_array, run_all, run_dir
 from tests.experiment_fixture import square
 
 
@@ -39,3 +40,16 @@ def test_run_all_in_worker_processes_keeps_input_order(tmp_path):
     assert [r["square"] for r in results] == [9, 1, 16, 1, 25]
     assert [r["run_dir"] for r in results] == [str(run_dir(tmp_path, c)) for c in CONFIGS]
     assert os.getpid() not in {r["pid"] for r in results}
+
+
+def test_cached_array_computes_once_then_reads_the_file(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return np.arange(3)
+
+    first = cached_array(tmp_path / "a" / "x.npy", compute)
+    again = cached_array(tmp_path / "a" / "x.npy", compute)
+    assert np.array_equal(first, again) and len(calls) == 1
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["x.npy"]
