@@ -1,7 +1,6 @@
 """distillation/common.py: Intel Image Classification, the frozen ResNet-152 master, compact students,
 knowledge distillation, int8 ONNX export and the cost measurements."""
 import hashlib
-import io
 import time
 from functools import partial
 from pathlib import Path
@@ -389,13 +388,6 @@ def torch_predictor(model: nn.Module):
 
 def onnx_predictor(session):
     return lambda x: session.run(None, {"image": x.numpy()})[0]
-
-
-def state_dict_megabytes(model: nn.Module) -> float:
-    """Size of the model's fp32 state dict as `torch.save` writes it."""
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    return buffer.tell() / 1e6
 
 
 def parameter_count(model: nn.Module) -> int:
