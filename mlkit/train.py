@@ -100,12 +100,12 @@ def predict_logits(model, loader, device=None) -> tuple[torch.Tensor, torch.Tens
 
 
 def evaluate(model, loader, loss_fn, metrics: dict[str, Metric] | None = None, device=None) -> dict:
-    """Loss and accuracy over the whole loader (exact, not a mean of batch means), plus `metrics`."""
+    """Loss and accuracy (single-label targets only) over the whole loader (exact, not a mean of batch means),
+    plus `metrics`."""
     logits, labels = predict_logits(model, loader, device)
-    result = {
-        "loss": float(loss_fn(logits, labels)),
-        "accuracy": float((logits.argmax(1) == labels).float().mean()),
-    }
+    result = {"loss": float(loss_fn(logits, labels))}
+    if labels.ndim == 1:
+        result["accuracy"] = float((logits.argmax(1) == labels).float().mean())
     for name, metric in (metrics or {}).items():
         result[name] = float(metric(logits, labels))
     return result
@@ -137,9 +137,10 @@ def _train_epoch(model, loader, optimizer, loss_fn, device, scheduler=None, clip
         if scheduler is not None:
             scheduler.step()
         total_loss += loss.item() * len(labels)
-        correct += (logits.argmax(1) == labels).sum().item()
+        if labels.ndim == 1:
+            correct += (logits.argmax(1) == labels).sum().item()
         seen += len(labels)
-    return {"train_loss": total_loss / seen, "train_accuracy": correct / seen}
+    return {"train_loss": total_loss / seen} | ({"train_accuracy": correct / seen} if labels.ndim == 1 else {})
 
 
 def fit(
@@ -214,8 +215,8 @@ def fit(
             scheduler.step(row["val_loss"]) if plateau else scheduler.step()
         row["seconds"] = time.perf_counter() - started
         history.append(row)
-        bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_loss=f"{row['val_loss']:.3f}",
-                        val_acc=f"{row['val_accuracy']:.3f}")
+        bar.set_postfix({"loss": f"{row['train_loss']:.3f}", "val_loss": f"{row['val_loss']:.3f}"}
+                        | ({"val_acc": f"{row['val_accuracy']:.3f}"} if "val_accuracy" in row else {}))
         if writer:
             for key, value in row.items():
                 if key != "epoch":
