@@ -5,10 +5,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?= smoke
 CHALLENGE ?=
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup prepare run test results tensorboard
+.PHONY: setup system-packages prepare run test results tensorboard
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed system-packages
+
+# BLAST+ (the tale challenge's baseline and its Swiss-Prot reader) comes from Debian/Ubuntu packages.
+system-packages:
+	@command -v blastp >/dev/null || $(SUDO) apt-get install -y -qq ncbi-blast+ >/dev/null \
+		|| ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq ncbi-blast+ >/dev/null)
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -31,6 +31,7 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = REPO / "data"
 MARKER = ".prepared.json"
+TALE_COMMIT = "13c0638989b340d1bffce3d1dcd751bcd5d16215"  # Shen-Lab/TALE at the version its data files were read from
 
 
 class DataError(RuntimeError):
@@ -88,7 +89,8 @@ DATASETS = {
     ),
     "tale": Dataset(
         mirror=Archive("tale_data.tar.xz", top="tale"),
-        manual="copy the data/ folder of https://github.com/Shen-Lab/TALE to data/tale",
+        online=Archive(f"https://github.com/Shen-Lab/TALE/archive/{TALE_COMMIT}.tar.gz", top=f"TALE-{TALE_COMMIT}/data",
+                       files=47),
     ),
 }
 
