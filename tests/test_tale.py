@@ -213,16 +213,15 @@ def test_deepgocnn_shape_and_short_sequences():
         assert model(torch.tensor([[3, 4, 0], [1, 0, 0]])).shape == (2, 4)  # shorter than the largest kernel
 
 
-def test_deepgocnn_logits_stop_changing_once_padding_covers_the_largest_kernel():
-    # DeepGOCNN max-pools over every position, padding included (as the original, which pads to a fixed
-    # length): a sequence's logits depend on how much padding its batch gives it, but not beyond kernel size.
+@pytest.mark.parametrize("length", [1, 4, 9])  # shorter than, between and longer than the kernels
+def test_deepgocnn_logits_do_not_depend_on_padding(length):
     torch.manual_seed(0)
-    model = networks.DeepGOCNN(4, filters=4, kernels=(2, 3)).eval()
-    codes = torch.randint(1, proteins.VOCAB_SIZE, (1, 6))
-    padded = [F.pad(codes, (0, extra)) for extra in (3, 4, 11)]
+    model = networks.DeepGOCNN(4, filters=4, kernels=(2, 5)).eval()
+    codes = torch.randint(1, proteins.VOCAB_SIZE, (1, length))
     with torch.no_grad():
-        for other in padded[1:]:
-            torch.testing.assert_close(model(other), model(padded[0]), atol=1e-6, rtol=1e-6)
+        alone = model(codes)
+        for extra in (1, 3, 11):
+            torch.testing.assert_close(model(F.pad(codes, (0, extra))), alone, atol=1e-6, rtol=1e-6)
 
 
 def test_hierarchical_label_embedding_sums_ancestor_rows():
@@ -437,3 +436,14 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
     # and training changed the weights at all
     untrained = common.build_model(CONFIG, split["go"]).state_dict()
     assert not all(torch.equal(untrained[k], expected[k]) for k in expected)
+
+
+def test_prior_bias_starts_the_outputs_at_the_training_frequencies(tmp_path, monkeypatch):
+    monkeypatch.setattr(mlkit.train, "_tensorboard", lambda run_dir, start_epoch: None)
+    split = {"go": toy_ontology(), "train": random_proteins(12, seed=2), "val": random_proteins(4, seed=3)}
+    config = CONFIG | {"epochs": 1, "lr": 0.0, "prior_bias": True}  # lr 0: the weights stay as initialised
+    model, _ = common.train_model(config, tmp_path, split)
+    frequency = split["train"].label_matrix(4).mean(0)
+    torch.testing.assert_close(torch.sigmoid(model.head.bias.detach()).double(),
+                               torch.as_tensor(frequency).double().clamp(1e-6, 1 - 1e-6), atol=1e-6, rtol=1e-6)
+
