@@ -294,7 +294,7 @@ MODELS = {
     "new_arch": {"model": "deepgocnn", "schedule": "cosine", "lr": 1e-3, "regulariser": 0.0},
 }
 BUDGETS = {  # proteins seen in training = epochs x per_epoch
-    "full": {"tale": {"epochs": 8, "per_epoch": 1_500}, "deepgocnn": {"epochs": 10, "per_epoch": 4_000}},
+    "full": {"tale": {"epochs": 8, "per_epoch": 1_500}, "deepgocnn": {"epochs": 20, "per_epoch": 4_000}},
     "smoke": {"tale": {"epochs": 1, "per_epoch": 32}, "deepgocnn": {"epochs": 1, "per_epoch": 32}},
 }
 
