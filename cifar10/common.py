@@ -13,7 +13,7 @@ from mlkit.batches import ArrayLoader, channels_first, random_flip, random_trans
 from mlkit.datasets import DATA_ROOT, prepare
 from mlkit.images import ImageArrays, load_class_folders, load_image
 from mlkit.runtime import seed_everything
-from mlkit.train import fit
+from mlkit.train import fit, parameter_count  # noqa: F401 (the notebooks call common.parameter_count)
 
 CLASSES = ["plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -201,10 +201,6 @@ def build(name: str) -> nn.Module:
 
 
 # ---------------------------------------------------------------- cost
-
-def parameter_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
 
 def macs_per_image(model: nn.Module) -> int:
     """Multiply-accumulates of one 32x32 forward pass (torch's FLOP counter / 2; convolutions and matmuls)."""

@@ -19,7 +19,7 @@ from mlkit.experiments import cached_array
 from mlkit.images import ImageArrays, list_images, load_class_folders, load_image, predict_files
 from mlkit.pretrained import mobilenet_v2_features, resnet152
 from mlkit.runtime import seed_everything
-from mlkit.train import fit, load_state
+from mlkit.train import fit, load_state, parameter_count  # noqa: F401 (notebooks call common.parameter_count)
 
 IMAGE_SIZE = 150  # the dataset's native size, and the master's input (as in the starter)
 CACHE = DATA_ROOT / "cache" / "distillation"
@@ -388,10 +388,6 @@ def torch_predictor(model: nn.Module):
 
 def onnx_predictor(session):
     return lambda x: session.run(None, {"image": x.numpy()})[0]
-
-
-def parameter_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 # ---------------------------------------------------------------- new images

@@ -62,6 +62,10 @@ class SWA:
     anneal_epochs: int = 3
 
 
+def parameter_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
 def atomic_save(obj, path: Path) -> None:
     """Write via a temporary file and rename, so a crash never leaves a truncated checkpoint."""
     path = Path(path)

@@ -6,18 +6,16 @@ Data and label space live in `proteins.py`, the networks in `networks.py`, the C
 import math
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from mlkit.datasets import DATA_ROOT
 from mlkit.experiments import cached_array, run_dir
 from mlkit.runtime import seed_everything
-from mlkit.train import fit, load_state
+from mlkit.train import fit, load_state, predict_logits
 
 from evaluation import (
     bootstrap_difference,
@@ -104,7 +102,7 @@ class ProteinLoader:
 
 def naive_scores(train: Proteins, num_terms: int, proteins: int) -> np.ndarray:
     """Every protein gets each term's frequency in the training set (CAFA's naive baseline)."""
-    frequency = train.label_matrix(num_terms).mean(0, dtype=np.float64).astype(np.float32)
+    frequency = train.term_frequency(num_terms).astype(np.float32)
     return np.broadcast_to(frequency, (proteins, num_terms)).copy()
 
 
@@ -169,7 +167,7 @@ def train_model(config: dict, run_dir: Path, split: dict) -> tuple[torch.nn.Modu
     go = split["go"]
     model = build_model(config, go)
     if config.get("prior_bias"):  # start from the training frequencies (the naive baseline), not from 0.5
-        frequency = split["train"].label_matrix(len(go)).mean(0).clip(1e-6, 1 - 1e-6)
+        frequency = split["train"].term_frequency(len(go)).clip(1e-6, 1 - 1e-6)
         with torch.no_grad():
             model.head.bias.copy_(torch.as_tensor(np.log(frequency / (1 - frequency))))
     train = ProteinLoader(split["train"], len(go), config["batch_size"], crop=config["crop"],
@@ -189,16 +187,12 @@ def train_model(config: dict, run_dir: Path, split: dict) -> tuple[torch.nn.Modu
     return model, history
 
 
-@torch.no_grad()
 def predict(model: torch.nn.Module, proteins: Proteins, num_terms: int, batch_size: int = 16) -> np.ndarray:
     """Sigmoid scores [proteins, terms] in the proteins' order."""
-    model.eval()
-    loader = ProteinLoader(proteins, num_terms, batch_size)
-    order = loader.order()
-    scores = np.zeros((len(proteins), num_terms), dtype=np.float32)
-    for index in tqdm(np.array_split(order, len(loader)), desc="predict", leave=False, disable=len(loader) < 20):
-        codes, _ = loader.batch(index)
-        scores[index] = torch.sigmoid(model(codes)).numpy()
+    loader = ProteinLoader(proteins, num_terms, batch_size)  # yields the proteins in `loader.order()`
+    logits, _ = predict_logits(model, loader)
+    scores = np.empty((len(proteins), num_terms), dtype=np.float32)
+    scores[loader.order()] = torch.sigmoid(logits).numpy()
     return scores
 
 
@@ -218,11 +212,6 @@ def ensemble(network: np.ndarray, blast: np.ndarray, weight: float) -> np.ndarra
     network alone elsewhere."""
     has_hit = blast.any(1, keepdims=True)
     return np.where(has_hit, weight * network + (1 - weight) * blast, network)
-
-
-def timed(fn, *args, **kwargs):
-    started = time.perf_counter()
-    return fn(*args, **kwargs), time.perf_counter() - started
 
 
 def fmax(y_true: np.ndarray, scores: np.ndarray) -> float:
@@ -312,15 +301,16 @@ def trained_model(name: str, ontology: str, profile: str, split: dict, runs: Pat
     """(model, {config, history, train_seconds}) of a cached, resumable run."""
     config = model_config(name, ontology, profile)
     folder = run_dir(runs, config)
-    (model, history), seconds = timed(train_model, config, folder, split)
+    model, history = train_model(config, folder, split)
     return model, {"config": config, "history": history, "run_dir": folder,
                    "train_seconds": sum(row["seconds"] for row in history)}
 
 
 def model_scores(name: str, ontology: str, profile: str, split: dict, runs: Path, part: str = "test") -> np.ndarray:
-    """Sigmoid scores of a trained model on `split[part]`, cached beside its run."""
-    model, info = trained_model(name, ontology, profile, split, runs)
-    return cached_array(info["run_dir"] / f"scores_{part}.npy", lambda: predict(model, split[part], len(split["go"])))
+    """Sigmoid scores of a trained model on `split[part]`, cached beside its run (trained if needed)."""
+    folder = run_dir(runs, model_config(name, ontology, profile))
+    return cached_array(folder / f"scores_{part}.npy", lambda: predict(
+        trained_model(name, ontology, profile, split, runs)[0], split[part], len(split["go"])))
 
 
 def baseline_scores(name: str, ontology: str, split: dict, runs: Path, part: str = "test") -> np.ndarray:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mlkit.datasets import DATA_ROOT, DataError, prepare
+from mlkit.datasets import DATA_ROOT, MARKER, DataError, prepare
 
 ONTOLOGIES = ("mf", "cc")
 ASPECTS = {"mf": "MFO", "cc": "CCO", "bp": "BPO"}
@@ -141,7 +141,7 @@ def swissprot_2014(root=DATA_ROOT) -> Path:
     """`data/swissprot2014/`: {MFO,CCO,BPO}.tsv.gz (accession, GO terms, sequence) and the 2014 GO graph files,
     read out of Debian's `metastudent-data` package with `apt-get download` and `blastdbcmd`."""
     folder = Path(root) / "swissprot2014"
-    if (folder / ".prepared.json").exists():
+    if (folder / MARKER).exists():
         return folder
     with tempfile.TemporaryDirectory(dir=root) as tmp:
         tmp = Path(tmp)
@@ -158,7 +158,7 @@ def swissprot_2014(root=DATA_ROOT) -> Path:
                 f.write(table.replace("|", "\t"))  # title "accession|GO:a,GO:b" -> two columns
         for name in ("fullTransitiveClosureGO.txt", "nameMapping.txt"):
             shutil.copy(dataset / name, staging / name)
-        (staging / ".prepared.json").write_text(json.dumps({"source": deb.name}))
+        (staging / MARKER).write_text(json.dumps({"source": deb.name}))
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging.rename(folder)
     return folder
@@ -201,6 +201,10 @@ class Proteins:
         rows = np.repeat(np.arange(len(self)), np.diff(self.label_offsets))
         matrix[rows, self.labels] = True
         return matrix
+
+    def term_frequency(self, num_terms: int) -> np.ndarray:
+        """Share of the proteins annotated with each term."""
+        return np.bincount(self.labels, minlength=num_terms) / len(self)
 
     def subset(self, index) -> "Proteins":
         return Proteins.from_lists([self.accessions[i] for i in index], [self.codes(i) for i in index],
