@@ -1,7 +1,6 @@
 """distillation/common.py: Intel Image Classification, the frozen ResNet-152 master, compact students,
 knowledge distillation, int8 ONNX export and the cost measurements."""
 import hashlib
-import time
 from functools import partial
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from mlkit.batches import ArrayLoader, flip_and_shift, float_batches, random_translate, resize, to_float, unlabelled
+from mlkit.cost import latency_ms, torch_predictor, training_throughput  # noqa: F401 (notebook API)
 from mlkit.datasets import DATA_ROOT, prepare
 from mlkit.experiments import cached_array
 from mlkit.images import ImageArrays, list_images, load_class_folders, load_image, predict_files
@@ -365,27 +365,6 @@ def onnx_logits(session, images: torch.Tensor, batch_size: int = 256) -> np.ndar
                            for x, _ in unlabelled(images, batch_size)])
 
 
-def latency_ms(predict, example, runs: int = 200, warmup: int = 20) -> dict[str, float]:
-    """Median and 95th percentile of single-call wall time in milliseconds, after `warmup` calls."""
-    for _ in range(warmup):
-        predict(example)
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        predict(example)
-        times.append((time.perf_counter() - started) * 1000)
-    return {"median_ms": float(np.median(times)), "p95_ms": float(np.percentile(times, 95))}
-
-
-def torch_predictor(model: nn.Module):
-    model.eval()
-
-    def predict(x):
-        with torch.inference_mode():
-            return model(x)
-    return predict
-
-
 def onnx_predictor(session):
     return lambda x: session.run(None, {"image": x.numpy()})[0]
 
@@ -408,18 +387,3 @@ def side_by_side(files, models: dict[str, tuple[nn.Module, int]], classes) -> pd
             row = table.setdefault(Path(result["file"]).name, {})
             row[name] = f"ERROR {result['error']}" if "error" in result else "{} {:.0%}".format(*result["top"][0])
     return pd.DataFrame.from_dict(table, orient="index")
-
-
-def training_throughput(model: nn.Module, input_shape: tuple[int, ...], batch_size: int = 64, steps: int = 3) -> float:
-    """Training images per second (forward, backward, AdamW step) on random inputs, with the current threads."""
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    x = torch.rand(batch_size, *input_shape).contiguous(memory_format=torch.channels_last)
-    y = torch.zeros(batch_size, dtype=torch.long)
-    for step in range(steps + 1):
-        if step == 1:  # the first step warms up allocators and kernels
-            started = time.perf_counter()
-        optimizer.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
-    return steps * batch_size / (time.perf_counter() - started)

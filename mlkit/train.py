@@ -13,16 +13,17 @@ continues from `last.pt` and ends bit-identical to an uninterrupted run (single 
 import dataclasses
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 from tqdm import tqdm
 
-from .runtime import rng_state, set_rng_state
+from .batches import unlabelled
+from .runtime import atomic_path, rng_state, set_rng_state
 
 Metric = Callable[[torch.Tensor, torch.Tensor], float]
 
@@ -68,10 +69,8 @@ def parameter_count(model: torch.nn.Module) -> int:
 
 def atomic_save(obj, path: Path) -> None:
     """Write via a temporary file and rename, so a crash never leaves a truncated checkpoint."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_state(path: Path, map_location="cpu"):
@@ -89,6 +88,26 @@ def save_half(model: torch.nn.Module, path: Path) -> Path:
 def load_half(path: Path) -> dict:
     """A `save_half` state dict with its floating-point tensors back in fp32."""
     return {k: v.float() if v.is_floating_point() else v for k, v in load_state(path).items()}
+
+
+class FlipAveraged(torch.nn.Module):
+    """Test-time augmentation as a model: log of the mean softmax of the image and its mirror image
+    (so softmax of the output gives the averaged probabilities)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return ((self.model(x).softmax(1) + self.model(x.flip(3)).softmax(1)) / 2).log()
+
+
+@torch.no_grad()
+def predict_probabilities(model: torch.nn.Module, inputs: torch.Tensor, flip_tta: bool = False,
+                          batch_size: int = 256) -> np.ndarray:
+    """Softmax over uint8 inputs (N, C, H, W); with `flip_tta`, averaged with the mirror images."""
+    model = (FlipAveraged(model) if flip_tta else model).eval()
+    return torch.cat([model(x).softmax(1) for x, _ in unlabelled(inputs, batch_size)]).numpy()
 
 
 @torch.no_grad()
@@ -127,7 +146,7 @@ def _labels(targets) -> torch.Tensor:
 
 def _train_epoch(model, loader, optimizer, loss_fn, device, scheduler=None, clip_grad_norm=None) -> dict:
     model.train()
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss, correct, seen, started = 0.0, 0, 0, time.perf_counter()
     for inputs, targets in loader:
         inputs, targets = inputs.to(device), _to_device(targets, device)
         labels = _labels(targets)
@@ -144,7 +163,8 @@ def _train_epoch(model, loader, optimizer, loss_fn, device, scheduler=None, clip
         if labels.ndim == 1:
             correct += (logits.argmax(1) == labels).sum().item()
         seen += len(labels)
-    return {"train_loss": total_loss / seen} | ({"train_accuracy": correct / seen} if labels.ndim == 1 else {})
+    row = {"train_loss": total_loss / seen, "train_seconds": time.perf_counter() - started}
+    return row | ({"train_accuracy": correct / seen} if labels.ndim == 1 else {})
 
 
 def fit(

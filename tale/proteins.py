@@ -18,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mlkit.datasets import DATA_ROOT, MARKER, DataError, prepare
+from mlkit.runtime import atomic_path
 
 ONTOLOGIES = ("mf", "cc")
 ASPECTS = {"mf": "MFO", "cc": "CCO", "bp": "BPO"}
@@ -54,10 +55,8 @@ def _converted(name: str, convert, root) -> dict | list:
     """JSON made once from TALE's pickles (kept in the data cache)."""
     path = _cache(root) / f"{name}.json"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(convert()))
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(convert()))
     return json.loads(path.read_text())
 
 
@@ -222,9 +221,8 @@ class Proteins:
         return Proteins(np.asarray(accessions, dtype=str), residues, residue_offsets, labels, label_offsets)
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(path.stem + ".tmp.npz")
-        np.savez(tmp, **self.__dict__)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            np.savez(tmp, **self.__dict__)
 
     @staticmethod
     def load(path: Path) -> "Proteins":

@@ -1,9 +1,10 @@
 import random
 
 import numpy as np
+import pytest
 import torch
 
-from mlkit.runtime import pick_device, rng_state, seed_everything, set_rng_state, set_threads
+from mlkit.runtime import atomic_path, pick_device, rng_state, seed_everything, set_rng_state, set_threads
 
 
 def draws():
@@ -62,3 +63,17 @@ def test_set_threads_uses_argument_then_environment(monkeypatch):
         assert set_threads() == 2 and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_atomic_path_replaces_the_file_only_when_the_write_succeeds(tmp_path):
+    target = tmp_path / "sub" / "values.npy"
+    with atomic_path(target) as tmp:
+        assert tmp.suffix == ".npy" and tmp.parent == target.parent
+        np.save(tmp, np.arange(3))
+    assert np.array_equal(np.load(target), np.arange(3))
+
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        np.save(tmp, np.arange(5))
+        raise RuntimeError("crash while writing")
+    assert np.array_equal(np.load(target), np.arange(3))  # the old file survives
+    assert sorted(p.name for p in target.parent.iterdir()) == ["values.npy"]  # no temporary left behind
