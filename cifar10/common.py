@@ -4,16 +4,20 @@ latency)."""
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mlkit.batches import ArrayLoader, channels_first, random_flip, random_translate, unlabelled
+from mlkit.batches import ArrayLoader, channels_first, random_flip, random_translate
+from mlkit.cost import latency_ms, torch_predictor, training_throughput
 from mlkit.datasets import DATA_ROOT, prepare
+from mlkit.experiments import cached_array
 from mlkit.images import ImageArrays, load_class_folders, load_image
+from mlkit.metrics import accuracy, macro_f1, mcnemar_p_value
 from mlkit.runtime import seed_everything
-from mlkit.train import fit, parameter_count  # noqa: F401 (the notebooks call common.parameter_count)
+from mlkit.train import FlipAveraged, fit, parameter_count, predict_probabilities  # noqa: F401 (notebook API)
 
 CLASSES = ["plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -21,20 +25,23 @@ MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 # ---------------------------------------------------------------- data
 
-def load_cifar10(root=DATA_ROOT) -> dict[str, ImageArrays]:
+def load_cifar10(root=DATA_ROOT, limit_per_class: int | None = None) -> dict[str, ImageArrays]:
     """train (50,000) and test (10,000) as uint8 (N, 32, 32, 3): the offline mirror's JPEG class folders, or
-    the official python archive (md5-checked download) read by torchvision."""
+    the official python archive (md5-checked download) read by torchvision. `limit_per_class` keeps the
+    first images of every class (quick tests)."""
     folder = prepare("cifar10", root)
     if (folder / "train").is_dir():
         cache = Path(root) / "cache"
-        return {split: load_class_folders(folder / split, cache_dir=cache) for split in ("train", "test")}
+        return {split: load_class_folders(folder / split, cache_dir=cache, limit_per_class=limit_per_class)
+                for split in ("train", "test")}
     import torchvision
 
     out = {}
     for split in ("train", "test"):
         data = torchvision.datasets.CIFAR10(str(folder), train=split == "train", download=False)
-        out[split] = ImageArrays(data.data, np.asarray(data.targets), [f"{split}/{i}" for i in range(len(data))],
-                                 data.classes)
+        arrays = ImageArrays(data.data, np.asarray(data.targets), [f"{split}/{i}" for i in range(len(data))],
+                             data.classes)
+        out[split] = arrays.sample_per_class(limit_per_class) if limit_per_class else arrays
     return out
 
 
@@ -144,8 +151,10 @@ class InvertedResidual(nn.Module):
         return x + self.body(x) if self.residual else self.body(x)
 
 
-def mobilenet_v2(stages=((16, 1, 1), (24, 2, 1), (32, 3, 2), (64, 3, 2), (96, 2, 1))) -> nn.Module:
-    """MobileNetV2-style for 32-px inputs: a stride-1 stem and (channels, blocks, stride) inverted-residual stages."""
+def mobilenet_v2(stages=((16, 1, 1), (24, 2, 2), (32, 3, 2), (64, 3, 2), (96, 2, 1))) -> nn.Module:
+    """MobileNetV2-style for 32-px inputs: a stride-1 stem and (channels, blocks, stride) inverted-residual
+    stages; the first downsampling comes one stage early, which makes it 5x cheaper on a CPU (depthwise
+    convolutions at 32x32 dominate its time there)."""
     layers, c = [conv_bn(3, 32)], 32
     for width, blocks, stride in stages:
         for b in range(blocks):
@@ -179,9 +188,9 @@ class Residual(nn.Module):
         return x + self.fn(x)
 
 
-def conv_mixer(dim: int = 192, depth: int = 8, kernel: int = 5, patch: int = 2) -> nn.Module:
+def conv_mixer(dim: int = 256, depth: int = 8, kernel: int = 5, patch: int = 4) -> nn.Module:
     """ConvMixer (Trockman & Kolter 2022): patch embedding, then depthwise (spatial) and pointwise (channel)
-    mixing with GELU and BN."""
+    mixing with GELU and BN; 4-px patches (8x8 tokens) keep it affordable on a CPU."""
     def block():
         return nn.Sequential(Residual(nn.Sequential(nn.Conv2d(dim, dim, kernel, groups=dim, padding="same"),
                                                     nn.GELU(), nn.BatchNorm2d(dim))),
@@ -210,6 +219,24 @@ def macs_per_image(model: nn.Module) -> int:
     return counter.get_total_flops() // 2
 
 
+def architecture_costs(names, latency_runs: int = 100) -> pd.DataFrame:
+    """Parameters, MACs per image and, on one CPU thread, training images/s (batch 256) and single-image
+    latency (median ms)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows = {}
+    try:
+        for name in names:
+            model = build(name).to(memory_format=torch.channels_last)
+            rows[name] = {"params": parameter_count(model), "MACs per image": macs_per_image(model),
+                          "train images/s (1 thread)": training_throughput(model, (3, 32, 32), batch_size=256),
+                          "latency ms (1 thread)": latency_ms(torch_predictor(model), torch.rand(1, 3, 32, 32),
+                                                              runs=latency_runs)["median_ms"]}
+    finally:
+        torch.set_num_threads(threads)
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
 # ---------------------------------------------------------------- training
 
 OPTIMIZERS = {  # name -> (class, extra arguments); learning rates come from the configuration
@@ -230,12 +257,81 @@ def make_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float) 
                lr=lr, **extra)
 
 
+# The study's equal budget: the epochs that fit BUDGET_MINUTES on one core of the 2-core development CPU,
+# from each architecture's training throughput measured there (images/s on one core: plain_cnn 716,
+# vgg 161, resnet20 470, mobilenet_v2 229, airbench 251, conv_mixer 263).
+BUDGET_MINUTES = 6
+EQUAL_TIME_EPOCHS = {"plain_cnn": 5, "vgg": 1, "resnet20": 3, "mobilenet_v2": 2, "airbench": 2, "conv_mixer": 2}
+ABLATION_BUDGETS = 2  # the augmentation runs train twice as long: augmentation needs epochs to pay off
+BEST_BUDGETS = 3
+SMOKE_IMAGES_PER_CLASS = 20
+
+# Learning rates swept for one epoch per optimizer; AdamW's decoupled decay needs a ~100x larger coefficient.
+LEARNING_RATES = {"sgd_nesterov": (0.05, 0.1, 0.2), "adam": (1e-3, 3e-3, 1e-2), "adamw": (1e-3, 3e-3, 1e-2)}
+WEIGHT_DECAY = {"sgd_nesterov": 5e-4, "adam": 5e-4, "adamw": 5e-2}
+
+
 def config(architecture: str, seed: int = 0, smoke: bool = False, **changes) -> dict:
-    """One run: the shared recipe (SGD-Nesterov, one-cycle, label smoothing 0.1, flip + crop) unless changed."""
-    base = {"name": architecture, "architecture": architecture, "seed": seed, "epochs": 10, "batch_size": 256,
-            "optimizer": "sgd_nesterov", "lr": 0.1, "weight_decay": 5e-4, "augmentation": "flip_crop",
-            "label_smoothing": 0.1, "smoke": smoke} | changes
-    return base | ({"epochs": 1} if smoke else {})
+    """One run: the shared recipe (SGD-Nesterov, one-cycle, label smoothing 0.1, flip + crop, the equal
+    time budget) unless changed. Identical recipes get identical names, so phases share runs."""
+    run = {"architecture": architecture, "seed": seed, "epochs": EQUAL_TIME_EPOCHS[architecture], "batch_size": 256,
+           "optimizer": "sgd_nesterov", "lr": 0.1, "augmentation": "flip_crop", "label_smoothing": 0.1} | changes
+    run["weight_decay"] = run.get("weight_decay", WEIGHT_DECAY[run["optimizer"]])
+    run |= {"epochs": 1, "smoke": True} if smoke else {"smoke": False}
+    name = f"{architecture}-{run['augmentation']}-{run['optimizer']}-lr{run['lr']:g}-{run['epochs']}ep-s{seed}"
+    return {"name": name} | run
+
+
+def baseline_config(smoke: bool) -> dict:
+    """The Baseline notebook's run: the plain CNN, Adam, no augmentation, no label smoothing, 10 epochs."""
+    return config("plain_cnn", smoke=smoke, epochs=10, optimizer="adam", lr=1e-3, augmentation="none",
+                  label_smoothing=0.0)
+
+
+def architecture_configs(smoke: bool) -> list[dict]:
+    return [config(name, smoke=smoke) for name in ARCHITECTURES]
+
+
+def augmentation_configs(architecture: str, smoke: bool) -> list[dict]:
+    epochs = ABLATION_BUDGETS * EQUAL_TIME_EPOCHS[architecture]
+    return [config(architecture, smoke=smoke, epochs=epochs, augmentation=policy) for policy in Augment.POLICIES]
+
+
+def learning_rate_configs(architecture: str, smoke: bool) -> list[dict]:
+    return [config(architecture, smoke=smoke, epochs=1, optimizer=optimizer, lr=lr)
+            for optimizer, rates in LEARNING_RATES.items() for lr in rates]
+
+
+def optimizer_configs(architecture: str, learning_rates: dict[str, float], smoke: bool) -> list[dict]:
+    """Each optimizer at its tuned learning rate, with the comparison's equal budget."""
+    return [config(architecture, smoke=smoke, optimizer=optimizer, lr=lr) for optimizer, lr in learning_rates.items()]
+
+
+def best_configs(recipe: dict, seeds=(0, 1)) -> list[dict]:
+    """The winning recipe trained BEST_BUDGETS times the study budget, once per seed."""
+    recipe = {k: v for k, v in recipe.items() if k not in ("name", "seed", "epochs", "weight_decay")}
+    epochs = BEST_BUDGETS * EQUAL_TIME_EPOCHS[recipe["architecture"]]
+    return [config(**recipe, seed=seed, epochs=epochs) for seed in seeds]
+
+
+def best(rows: list[dict], key: str = "accuracy") -> dict:
+    return max(rows, key=lambda row: row[key])
+
+
+def p_values_against_best(rows: list[dict], labels: np.ndarray) -> list[float]:
+    """Exact McNemar p-value of every run's test predictions against those of the most accurate run."""
+    top = best(rows)["predictions"] == labels
+    return [mcnemar_p_value(row["predictions"] == labels, top) for row in rows]
+
+
+def seconds_to_accuracy(history: list[dict], target: float) -> float | None:
+    """Training seconds until the end of the first epoch whose test accuracy reaches `target` (None: never)."""
+    elapsed = 0.0
+    for row in history:
+        elapsed += row["train_seconds"]
+        if row["val_accuracy"] >= target:
+            return elapsed
+    return None
 
 
 def train(config: dict, run_dir: Path, data: dict[str, ImageArrays]) -> tuple[nn.Module, list[dict]]:
@@ -255,15 +351,27 @@ def train(config: dict, run_dir: Path, data: dict[str, ImageArrays]) -> tuple[nn
     return model, history
 
 
-@torch.no_grad()
+def study_data(smoke: bool) -> dict[str, ImageArrays]:
+    return load_cifar10(limit_per_class=SMOKE_IMAGES_PER_CLASS if smoke else None)
+
+
+def run(config: dict, run_dir: Path) -> dict:
+    """Train (or reload) one configuration and score it on the test set: one row of the study's tables."""
+    data = study_data(config["smoke"])
+    model, history = train(config, run_dir, data)
+    probabilities = cached_array(run_dir / "test_probabilities.npy", lambda: np.stack(
+        [predict(model, data["test"].images, flip_tta=tta) for tta in (False, True)]))
+    labels, (plain, flipped) = data["test"].labels, probabilities.argmax(2)
+    train_seconds = sum(row["train_seconds"] for row in history)
+    return {"config": config, "history": history, "predictions": plain, "accuracy": accuracy(labels, plain),
+            "tta_accuracy": accuracy(labels, flipped), "macro_f1": macro_f1(labels, plain),
+            "train_seconds": train_seconds,
+            "train_images_per_second": len(data["train"]) * len(history) / train_seconds}
+
+
 def predict(model: nn.Module, images: np.ndarray, flip_tta: bool = False) -> np.ndarray:
     """Softmax probabilities of uint8 (N, 32, 32, 3) images; with `flip_tta`, averaged with the mirror images."""
-    model.eval()
-    out = []
-    for x, _ in unlabelled(channels_first(images), batch_size=1000):
-        p = model(x).softmax(1)
-        out.append((p + model(x.flip(3)).softmax(1)) / 2 if flip_tta else p)
-    return torch.cat(out).numpy()
+    return predict_probabilities(model, channels_first(images), flip_tta, batch_size=1000)
 
 
 def preprocess(path) -> torch.Tensor:

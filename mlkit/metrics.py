@@ -61,3 +61,13 @@ def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, f
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return centre - half, centre + half
+
+
+def mcnemar_p_value(correct_a, correct_b) -> float:
+    """Exact two-sided McNemar test of two classifiers scored on the same examples: only the examples that
+    exactly one of them gets right count, and under "equally good" each such example is a fair coin."""
+    a, b = _paired(np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool))
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    n = only_a + only_b
+    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2**n
+    return min(1.0, 2 * tail)

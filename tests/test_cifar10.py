@@ -78,3 +78,55 @@ def test_train_learns_a_separable_toy_problem_and_resumes_as_finished(tmp_path):
     assert history[-1]["val_accuracy"] == 1.0
     _, again = common.train(config, tmp_path / "run", data)
     assert again == history
+
+
+def test_identical_recipes_share_one_run_and_different_ones_do_not():
+    architecture = common.architecture_configs(smoke=False)[list(common.ARCHITECTURES).index("resnet20")]
+    sgd = common.optimizer_configs("resnet20", {"sgd_nesterov": 0.1}, smoke=False)[0]
+    assert architecture == sgd  # same folder under runs/: the optimizer study reuses the comparison's run
+    names = [c["name"] for c in common.augmentation_configs("resnet20", False)
+             + common.learning_rate_configs("resnet20", False)]
+    assert len(set(names)) == len(names)
+
+
+def test_equal_budget_and_smoke_configs():
+    assert common.config("vgg")["epochs"] == common.EQUAL_TIME_EPOCHS["vgg"]
+    ablation = common.augmentation_configs("vgg", False)[0]
+    assert ablation["epochs"] == common.ABLATION_BUDGETS * common.EQUAL_TIME_EPOCHS["vgg"]
+    smoke = common.config("vgg", smoke=True, epochs=7)
+    assert smoke["epochs"] == 1 and smoke["smoke"] and smoke["name"].endswith("-1ep-s0")
+    assert common.config("resnet20", optimizer="adamw")["weight_decay"] == common.WEIGHT_DECAY["adamw"]
+
+
+def test_best_configs_keep_the_recipe_and_change_only_budget_and_seed():
+    recipe = common.config("airbench", optimizer="adamw", lr=3e-3) | {"augmentation": "flip_crop_cutout"}
+    runs = common.best_configs(recipe, seeds=(0, 1))
+    assert [r["seed"] for r in runs] == [0, 1]
+    for run in runs:
+        assert run["epochs"] == common.BEST_BUDGETS * common.EQUAL_TIME_EPOCHS["airbench"]
+        assert {k: run[k] for k in ("optimizer", "lr", "augmentation", "weight_decay")} == {
+            "optimizer": "adamw", "lr": 3e-3, "augmentation": "flip_crop_cutout", "weight_decay": 5e-2}
+        assert run["name"] == common.config(**{k: run[k] for k in run if k not in ("name", "smoke")})["name"]
+
+
+def test_seconds_to_accuracy_counts_training_time_up_to_the_first_epoch_at_target():
+    history = [{"train_seconds": 10.0, "val_accuracy": 0.5}, {"train_seconds": 12.0, "val_accuracy": 0.91},
+               {"train_seconds": 11.0, "val_accuracy": 0.89}]
+    assert common.seconds_to_accuracy(history, 0.9) == 22.0
+    assert common.seconds_to_accuracy(history, 0.5) == 10.0
+    assert common.seconds_to_accuracy(history, 0.95) is None
+
+
+def test_architecture_costs_reports_size_compute_speed_and_latency():
+    costs = common.architecture_costs(["resnet20"], latency_runs=3)
+    row = costs.loc["resnet20"]
+    assert row["params"] == common.parameter_count(common.build("resnet20"))
+    assert row["MACs per image"] > 0 and row["train images/s (1 thread)"] > 0 and row["latency ms (1 thread)"] > 0
+
+
+def test_p_values_against_best_are_one_for_the_best_and_small_for_a_clearly_worse_run():
+    labels = np.arange(200) % 10
+    good = {"accuracy": 0.95, "predictions": np.where(np.arange(200) < 190, labels, (labels + 1) % 10)}
+    bad = {"accuracy": 0.70, "predictions": np.where(np.arange(200) < 140, labels, (labels + 1) % 10)}
+    p_good, p_bad = common.p_values_against_best([good, bad], labels)
+    assert p_good == 1.0 and p_bad < 1e-10

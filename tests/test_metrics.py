@@ -111,3 +111,18 @@ def test_mean_std_of_single_value_has_zero_std():
 def test_wilson_interval_matches_the_textbook_value():
     low, high = ours.wilson_interval(81, 100)
     assert low == pytest.approx(0.7222, abs=1e-4) and high == pytest.approx(0.8749, abs=1e-4)
+
+
+def test_mcnemar_counts_only_the_disagreements_and_matches_the_binomial_test():
+    from scipy.stats import binomtest
+
+    rng = np.random.default_rng(0)
+    a = rng.random(500) < 0.9
+    b = a.copy()
+    b[np.where(a)[0][:14]] = False  # b loses 14 that a wins
+    b[np.where(~a)[0][:4]] = True  # and wins 4 that a loses
+    assert ours.mcnemar_p_value(a, b) == pytest.approx(binomtest(4, 18, 0.5).pvalue)
+    assert ours.mcnemar_p_value(a, b) == ours.mcnemar_p_value(b, a)
+    assert ours.mcnemar_p_value(a, a) == 1.0  # no disagreement, no evidence
+    with pytest.raises(ValueError, match="differ in length"):
+        ours.mcnemar_p_value(a, b[:-1])
