@@ -1,6 +1,7 @@
 """cifar10/common.py: CIFAR-10 decoded once into uint8 tensors, six architectures, batch-wise augmentation
 (flip, shifted crops, cutout), optimizers with schedules, and the cost metrics (parameters, MACs, throughput,
 latency)."""
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -350,6 +351,7 @@ def train(config: dict, run_dir: Path, data: dict[str, ImageArrays]) -> tuple[nn
     return model, history
 
 
+@functools.cache  # one read per process: a worker reuses it for every run it trains
 def study_data(smoke: bool) -> dict[str, ImageArrays]:
     return load_cifar10(limit_per_class=SMOKE_IMAGES_PER_CLASS if smoke else None)
 
