@@ -407,6 +407,25 @@ def change_slug(label: str) -> str:
     return re.sub(r"\W+", "_", label.lower()).strip("_")
 
 
+TUNING = {  # label -> changes to the ablation's winner, at the same parameters and tokens seen
+    "peak lr 0.01": {"lr": 1e-2},
+    "peak lr 0.03": {"lr": 3e-2},
+    "batch 10 (twice the steps)": {"batch_size": 10},
+    "peak lr 0.01, batch 10": {"lr": 1e-2, "batch_size": 10},
+    "mask 40% of the training words": {"mask_rate": 0.4},
+    "mask 50% of the training words": {"mask_rate": 0.5},
+    "mask 60% of the training words": {"mask_rate": 0.6},
+    "mask 70% of the training words": {"mask_rate": 0.7},
+}
+
+
+def tuning_configs(winner: dict, smoke: bool = False) -> dict[str, dict]:
+    """The ablation winner's configuration with each TUNING change; `smoke` sets the profile."""
+    base = {key: value for key, value in winner.items() if key not in ("name", "limit", "epochs")}
+    return {label: make_config(f"tuned_{change_slug(label)}", smoke, **(base | change))
+            for label, change in TUNING.items()}
+
+
 UNRESTRICTED = {  # label -> changes to the all-changes model
     "4x longer (12 epochs)": {"epochs": 12},
 }

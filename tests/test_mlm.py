@@ -200,6 +200,15 @@ def test_ablation_reverts_exactly_one_change_at_a_time():
         assert differing == set(change), label
 
 
+@pytest.mark.parametrize("smoke", [False, True])
+def test_tuning_changes_only_its_keys_and_keeps_the_tokens_seen(smoke):
+    winner = common.ablation_configs(smoke)["without loss on masked positions only"]
+    for label, config in common.tuning_configs(winner, smoke).items():
+        differing = {k for k in common.BASELINE if config[k] != winner[k]}
+        assert differing == set(common.TUNING[label]), label
+        assert (config["epochs"], config["limit"]) == (winner["epochs"], winner["limit"])
+
+
 def test_fill_mask_ranks_words_for_each_mask():
     vocab = common.Vocab("the cat sat on the mat".split())
     torch.manual_seed(0)
