@@ -1,6 +1,7 @@
 """Image folders decoded once into arrays, and safe prediction on arbitrary files."""
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,9 +173,10 @@ def predict_files(model, files, preprocess, classes, top_k: int = 3, batch_size:
 def write_demo_folder(folder, samples: dict[str, np.ndarray]) -> Path:
     """A folder to try prediction on: `samples` (file name -> uint8 image) saved as they are, plus the
     inputs that must fail or be converted cleanly: an RGBA and a grayscale copy of the first sample, an
-    empty file, a corrupt JPEG and a text file."""
+    empty file, a corrupt JPEG and a text file. An existing folder is replaced (no stale samples)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
     for name, image in samples.items():
         Image.fromarray(image).save(folder / name)
     first = Image.fromarray(next(iter(samples.values())))

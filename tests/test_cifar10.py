@@ -1,7 +1,12 @@
+import copy
+import json
+
 import numpy as np
 import pytest
 import torch
-from conftest import load_challenge
+from conftest import ROOT, load_challenge
+
+from mlkit.train import load_half
 
 common = load_challenge("cifar10")
 
@@ -62,9 +67,9 @@ def test_flip_tta_probabilities_are_a_distribution_and_symmetric_under_mirroring
     torch.manual_seed(0)
     model = common.build("plain_cnn")
     images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
-    p = common.predict(model, images, flip_tta=True)
+    p = common.predict(model, images, tta="flip")
     assert p.shape == (5, 10) and np.allclose(p.sum(1), 1, atol=1e-5)
-    assert np.allclose(common.predict(model, images[:, :, ::-1].copy(), flip_tta=True), p, atol=1e-5)
+    assert np.allclose(common.predict(model, images[:, :, ::-1].copy(), tta="flip"), p, atol=1e-5)
 
 
 def test_train_learns_a_separable_toy_problem_and_resumes_as_finished(tmp_path):
@@ -130,3 +135,83 @@ def test_p_values_against_best_are_one_for_the_best_and_small_for_a_clearly_wors
     bad = {"accuracy": 0.70, "predictions": np.where(np.arange(200) < 140, labels, (labels + 1) % 10)}
     p_good, p_bad = common.p_values_against_best([good, bad], labels)
     assert p_good == 1.0 and p_bad < 1e-10
+
+
+def test_whitening_stem_decorrelates_image_patches():
+    x = torch.rand(64, 3, 16, 16) * torch.tensor([1.0, 0.5, 2.0]).view(1, 3, 1, 1)
+    x[:, 1] += x[:, 0]  # correlated channels
+    conv = torch.nn.Conv2d(3, 24, 2, bias=False)
+    common.init_whitening(conv, x, eps=0.0)
+    whitened = conv(x)[:, :12].permute(0, 2, 3, 1).reshape(-1, 12).double()
+    covariance = whitened.T @ whitened / len(whitened)
+    assert torch.allclose(covariance, torch.eye(12, dtype=torch.float64), atol=1e-3)
+    assert torch.equal(conv.weight[12:], -conv.weight[:12])
+
+
+def test_triangle_schedule_rises_to_one_then_falls():
+    assert common.triangle(0, 100) == pytest.approx(0.2)
+    assert common.triangle(23, 100) == pytest.approx(1.0)
+    assert common.triangle(100, 100) == pytest.approx(0.07)
+    assert common.triangle(10, 100) < common.triangle(20, 100)
+
+
+def airbench94_steps(model, lookahead, steps: int, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x, y = torch.rand(8, 3, 32, 32, generator=generator), torch.randint(0, 10, (8,), generator=generator)
+        lookahead.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        lookahead.step()
+
+
+def airbench94_with_lookahead(seed: int = 0):
+    torch.manual_seed(seed)
+    model = common.Normalized(common.airbench94())
+    config = common.airbench94_config(epochs=2)
+    lookahead, _ = common.airbench94_optimizer(model, config, steps_per_epoch=3)
+    lookahead.start_step, lookahead.every = 1, 1
+    return model, lookahead
+
+
+def test_lookahead_ends_each_epoch_on_its_average_and_resumes_exactly():
+    model, lookahead = airbench94_with_lookahead()
+    airbench94_steps(model, lookahead, 3)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in lookahead.average.items())
+    saved_model, saved_optimizer = copy.deepcopy(model.state_dict()), copy.deepcopy(lookahead.state_dict())
+    airbench94_steps(model, lookahead, 3, seed=1)
+
+    resumed, resumed_lookahead = airbench94_with_lookahead(seed=5)
+    resumed.load_state_dict(saved_model)
+    resumed_lookahead.load_state_dict(saved_optimizer)
+    airbench94_steps(resumed, resumed_lookahead, 3, seed=1)
+    for key, value in model.state_dict().items():
+        assert torch.equal(resumed.state_dict()[key], value), key
+
+
+def test_airbench94_optimizer_freezes_the_stem_and_speeds_up_batchnorm_shifts():
+    model = common.Normalized(common.airbench94())
+    lookahead, scheduler = common.airbench94_optimizer(model, common.airbench94_config(epochs=4), steps_per_epoch=10)
+    weights, shifts, stem_bias = lookahead.param_groups
+    assert shifts["lr"] == pytest.approx(64 * weights["lr"])
+    assert not model.net[0].weight.requires_grad and all(p is not model.net[0].weight for p in weights["params"])
+    for _ in range(30):
+        lookahead.optimizer.step()  # no gradients: moves nothing, keeps the scheduler's call order
+        scheduler.step()
+    assert stem_bias["lr"] == 0 and weights["lr"] > 0  # the stem's bias trains for the first 3 epochs only
+
+
+def test_flip_shift_tta_is_a_distribution_and_symmetric_under_mirroring():
+    torch.manual_seed(0)
+    model = common.build("plain_cnn")
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    p = common.predict(model, images, tta="flip_translate")
+    assert p.shape == (5, 10) and np.allclose(p.sum(1), 1, atol=1e-5)
+    assert not np.allclose(p, common.predict(model, images, tta="flip"), atol=1e-4)
+
+
+def test_committed_best_checkpoint_loads_into_the_architecture_its_results_name():
+    recipe = json.loads((ROOT / "cifar10" / "results.json").read_text())["best_recipe"]
+    model = common.build(recipe["architecture"])
+    model.load_state_dict(load_half(ROOT / "cifar10" / "checkpoints" / "best.pt"))
+    probabilities = common.predict(model, np.zeros((2, 32, 32, 3), np.uint8), recipe["tta"])
+    assert probabilities.shape == (2, 10)

@@ -230,3 +230,10 @@ def test_demo_folder_gives_per_file_errors_and_predictions_for_the_rest(tmp_path
     by_name = {os.path.basename(r["file"]): r for r in results}
     assert {n for n, r in by_name.items() if "error" in r} == {"empty.jpg", "corrupt.jpg", "notes.txt.jpg"}
     assert {n for n, r in by_name.items() if "top" in r} == {"a.jpg", "b.png", "rgba.png", "grayscale.png"}
+
+
+def test_demo_folder_is_replaced_not_added_to(tmp_path):
+    images.write_demo_folder(tmp_path / "demo", {"old.png": np.zeros((8, 8, 3), np.uint8)})
+    folder = images.write_demo_folder(tmp_path / "demo", {"new.png": np.zeros((8, 8, 3), np.uint8)})
+    names = {p.name for p in folder.iterdir()}
+    assert "new.png" in names and "old.png" not in names
