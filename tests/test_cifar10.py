@@ -63,13 +63,15 @@ def test_optimizer_decays_weights_but_not_norms_and_biases():
         common.make_optimizer("lion", model, 0.1, 0)
 
 
-def test_flip_tta_probabilities_are_a_distribution_and_symmetric_under_mirroring():
+def test_every_tta_gives_distributions_and_flip_averaging_is_mirror_symmetric():
     torch.manual_seed(0)
     model = common.build("plain_cnn")
     images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
-    p = common.predict(model, images, tta="flip")
-    assert p.shape == (5, 10) and np.allclose(p.sum(1), 1, atol=1e-5)
-    assert np.allclose(common.predict(model, images[:, :, ::-1].copy(), tta="flip"), p, atol=1e-5)
+    p = {tta: common.predict(model, images, tta) for tta in common.TTA}
+    for probabilities in p.values():
+        assert probabilities.shape == (5, 10) and np.allclose(probabilities.sum(1), 1, atol=1e-5)
+    assert np.allclose(common.predict(model, images[:, :, ::-1].copy(), "flip"), p["flip"], atol=1e-5)
+    assert not np.allclose(p["flip_translate"], p["flip"], atol=1e-4)  # the shifted views count
 
 
 def test_train_learns_a_separable_toy_problem_and_resumes_as_finished(tmp_path):
@@ -198,15 +200,6 @@ def test_airbench94_optimizer_freezes_the_stem_and_speeds_up_batchnorm_shifts():
         lookahead.optimizer.step()  # no gradients: moves nothing, keeps the scheduler's call order
         scheduler.step()
     assert stem_bias["lr"] == 0 and weights["lr"] > 0  # the stem's bias trains for the first 3 epochs only
-
-
-def test_flip_shift_tta_is_a_distribution_and_symmetric_under_mirroring():
-    torch.manual_seed(0)
-    model = common.build("plain_cnn")
-    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
-    p = common.predict(model, images, tta="flip_translate")
-    assert p.shape == (5, 10) and np.allclose(p.sum(1), 1, atol=1e-5)
-    assert not np.allclose(p, common.predict(model, images, tta="flip"), atol=1e-4)
 
 
 def test_committed_best_checkpoint_loads_into_the_architecture_its_results_name():
