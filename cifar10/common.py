@@ -168,16 +168,22 @@ def mobilenet_v2(stages=((16, 1, 1), (24, 2, 2), (32, 3, 2), (64, 3, 2), (96, 2,
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 10))
 
 
+def airbench_stages(c: int, widths, conv=None, norm=nn.BatchNorm2d) -> list[nn.Module]:
+    """airbench's stages: per width, conv-pool-norm-GELU then conv-norm-GELU (3x3 bias-free convolutions)."""
+    conv = conv or (lambda c_in, c_out: nn.Conv2d(c_in, c_out, 3, padding=1, bias=False))
+    layers = []
+    for w in widths:
+        layers += [conv(c, w), nn.MaxPool2d(2), norm(w), nn.GELU(), conv(w, w), norm(w), nn.GELU()]
+        c = w
+    return layers
+
+
 def airbench(widths=(64, 256, 256)) -> nn.Module:
     """Keller Jordan's airbench layout: a 2x2 stem, then per stage conv-pool-BN-GELU and conv-BN-GELU,
     global max pooling and a linear layer scaled by 1/9 (smaller initial logits)."""
     layers = [nn.Conv2d(3, 24, 2, padding=0, bias=False), nn.BatchNorm2d(24), nn.GELU()]
-    c = 24
-    for w in widths:
-        layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(w), nn.GELU(),
-                   nn.Conv2d(w, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.GELU()]
-        c = w
-    linear = nn.Linear(c, 10, bias=False)
+    layers += airbench_stages(24, widths)
+    linear = nn.Linear(widths[-1], 10, bias=False)
     with torch.no_grad():
         linear.weight.mul_(1 / 9)
     return nn.Sequential(*layers, nn.AdaptiveMaxPool2d(1), nn.Flatten(), linear)
@@ -343,15 +349,22 @@ def train(config: dict, run_dir: Path, data: dict[str, ImageArrays]) -> tuple[nn
     """Train (or reload) one configuration; validation during training is the test set (no model selection
     is made on it: every run trains for its fixed number of epochs and the last weights are reported)."""
     seed_everything(config["seed"])
-    if config["architecture"] == "airbench94":
-        return train_airbench94(config, run_dir, data)
-    model = build(config["architecture"]).to(memory_format=torch.channels_last)
-    train_loader = ArrayLoader(channels_first(data["train"].images), data["train"].labels,
-                               batch_size=config["batch_size"], shuffle=True, transform=Augment(config["augmentation"]))
+    published = config["architecture"] == "airbench94"
+    model = build(config["architecture"])
+    train_images = channels_first(data["train"].images)
+    if published:
+        init_whitening(model.net[0], model.standardize(train_images[:5000].float() / 255))
+    model = model.to(memory_format=torch.channels_last)
+    transform = flip_and_shift(2) if published else Augment(config["augmentation"])
+    train_loader = ArrayLoader(train_images, data["train"].labels, batch_size=config["batch_size"], shuffle=True,
+                               transform=transform)
     test_loader = ArrayLoader(channels_first(data["test"].images), data["test"].labels, batch_size=1000)
-    optimizer = make_optimizer(config["optimizer"], model, config["lr"], config["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config["lr"], epochs=config["epochs"],
-                                                    steps_per_epoch=len(train_loader), pct_start=0.25)
+    if published:
+        optimizer, scheduler = airbench94_optimizer(model, config, len(train_loader))
+    else:
+        optimizer = make_optimizer(config["optimizer"], model, config["lr"], config["weight_decay"])
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config["lr"], epochs=config["epochs"],
+                                                        steps_per_epoch=len(train_loader), pct_start=0.25)
     history = fit(model, optimizer, nn.CrossEntropyLoss(label_smoothing=config["label_smoothing"]), train_loader,
                   test_loader, config["epochs"], run_dir=run_dir, scheduler=scheduler, scheduler_per_batch=True,
                   eval_loss_fn=nn.CrossEntropyLoss(), progress=False)
@@ -396,12 +409,9 @@ def airbench94(widths=(64, 256, 256)) -> nn.Module:
     whiten.weight.requires_grad_(False)
     with torch.no_grad():
         whiten.bias.zero_()
-    layers, c = [whiten, nn.GELU()], 24
-    for w in widths:
-        layers += [identity_conv(c, w), nn.MaxPool2d(2), shift_only_batch_norm(w), nn.GELU(),
-                   identity_conv(w, w), shift_only_batch_norm(w), nn.GELU()]
-        c = w
-    return nn.Sequential(*layers, nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(c, 10, bias=False), Scale(1 / 9))
+    layers = [whiten, nn.GELU(), *airbench_stages(24, widths, identity_conv, shift_only_batch_norm)]
+    return nn.Sequential(*layers, nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(widths[-1], 10, bias=False),
+                         Scale(1 / 9))
 
 
 def init_whitening(conv: nn.Conv2d, x: torch.Tensor, eps: float = 5e-4) -> None:
@@ -502,20 +512,6 @@ def airbench94_config(epochs: int = 10, seed: int = 0, smoke: bool = False) -> d
            "augmentation": "flip_shift2", "label_smoothing": 0.2, "tta": "flip_translate", "smoke": smoke}
     return {"name": f"airbench94-{run['epochs']}ep-s{seed}"} | run
 
-
-def train_airbench94(config: dict, run_dir: Path, data: dict[str, ImageArrays]) -> tuple[nn.Module, list[dict]]:
-    model = build("airbench94")
-    train_images = channels_first(data["train"].images)
-    init_whitening(model.net[0], model.standardize(train_images[:5000].float() / 255))
-    model = model.to(memory_format=torch.channels_last)
-    train_loader = ArrayLoader(train_images, data["train"].labels, batch_size=config["batch_size"], shuffle=True,
-                               transform=flip_and_shift(2))
-    test_loader = ArrayLoader(channels_first(data["test"].images), data["test"].labels, batch_size=1000)
-    optimizer, scheduler = airbench94_optimizer(model, config, len(train_loader))
-    history = fit(model, optimizer, nn.CrossEntropyLoss(label_smoothing=config["label_smoothing"]), train_loader,
-                  test_loader, config["epochs"], run_dir=run_dir, scheduler=scheduler, scheduler_per_batch=True,
-                  eval_loss_fn=nn.CrossEntropyLoss(), progress=False)
-    return model, history
 
 
 class FlipShiftAveraged(nn.Module):
