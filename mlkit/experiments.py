@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .runtime import atomic_path
+from .runtime import atomic_path, device_name
 
 
 def run_dir(runs: Path, config: dict) -> Path:
@@ -35,6 +35,20 @@ def cached_array(path: Path, compute: Callable[[], np.ndarray]) -> np.ndarray:
     with atomic_path(path) as tmp:
         np.save(tmp, value)
     return value
+
+
+def record_hardware(run_dir: Path, device: torch.device) -> None:
+    """Name the hardware a run trains on in its folder (`hardware.txt`), once, before its first epoch."""
+    path = Path(run_dir) / "hardware.txt"
+    if not (Path(run_dir) / "history.json").exists() and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(device_name(device))
+
+
+def trained_on(run_dir: Path) -> str:
+    """The hardware a run was trained on; runs from before `hardware.txt` existed were trained on the CPU."""
+    path = Path(run_dir) / "hardware.txt"
+    return path.read_text() if path.exists() else "CPU"
 
 
 def _single_thread():

@@ -27,6 +27,13 @@ def pick_device(preferred: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def device_name(device: torch.device) -> str:
+    """A readable name of the hardware behind `device`, e.g. "NVIDIA H100 80GB HBM3" or "CPU, 2 threads"."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type.upper()}, {torch.get_num_threads()} threads"
+
+
 def set_threads(n: int | None = None) -> int:
     """Use `n` intra-op threads (default: all cores, or $TORCH_THREADS)."""
     n = n or int(os.environ.get("TORCH_THREADS", 0)) or os.cpu_count() or 1

@@ -106,8 +106,9 @@ class FlipAveraged(torch.nn.Module):
 def predict_probabilities(model: torch.nn.Module, inputs: torch.Tensor, flip_tta: bool = False,
                           batch_size: int = 256) -> np.ndarray:
     """Softmax over uint8 inputs (N, C, H, W); with `flip_tta`, averaged with the mirror images."""
+    device = next(model.parameters()).device
     model = (FlipAveraged(model) if flip_tta else model).eval()
-    return torch.cat([model(x).softmax(1) for x, _ in unlabelled(inputs, batch_size)]).numpy()
+    return torch.cat([model(x.to(device)).softmax(1).cpu() for x, _ in unlabelled(inputs, batch_size)]).numpy()
 
 
 @torch.no_grad()

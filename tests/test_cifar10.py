@@ -169,8 +169,8 @@ def airbench94_steps(model, lookahead, steps: int, seed: int = 0):
 def airbench94_with_lookahead(seed: int = 0):
     torch.manual_seed(seed)
     model = common.Normalized(common.airbench94())
-    config = common.airbench94_config(epochs=2)
-    lookahead, _ = common.airbench94_optimizer(model, config, steps_per_epoch=3)
+    config = common.published_config("airbench94", epochs=2)
+    lookahead, _ = common.airbench_optimizer(model, config, steps_per_epoch=3)
     lookahead.start_step, lookahead.every = 1, 1
     return model, lookahead
 
@@ -190,9 +190,10 @@ def test_lookahead_ends_each_epoch_on_its_average_and_resumes_exactly():
         assert torch.equal(resumed.state_dict()[key], value), key
 
 
-def test_airbench94_optimizer_freezes_the_stem_and_speeds_up_batchnorm_shifts():
+def test_airbench_optimizer_freezes_the_stem_and_speeds_up_batchnorm_shifts():
     model = common.Normalized(common.airbench94())
-    lookahead, scheduler = common.airbench94_optimizer(model, common.airbench94_config(epochs=4), steps_per_epoch=10)
+    config = common.published_config("airbench94", epochs=4)
+    lookahead, scheduler = common.airbench_optimizer(model, config, steps_per_epoch=10)
     weights, shifts, stem_bias = lookahead.param_groups
     assert shifts["lr"] == pytest.approx(64 * weights["lr"])
     assert not model.net[0].weight.requires_grad and all(p is not model.net[0].weight for p in weights["params"])
@@ -208,3 +209,17 @@ def test_committed_best_checkpoint_loads_into_the_architecture_its_results_name(
     model.load_state_dict(load_half(ROOT / "cifar10" / "checkpoints" / "best.pt"))
     probabilities = common.predict(model, np.zeros((2, 32, 32, 3), np.uint8), recipe["tta"])
     assert probabilities.shape == (2, 10)
+
+
+def test_airbench96_adds_a_residual_pair_to_every_stage():
+    model = common.build("airbench96")
+    assert sum(isinstance(m, common.Residual) for m in model.modules()) == 3
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("architecture,has_cutout", [("airbench94", False), ("airbench96", True)])
+def test_published_augmentation_cuts_out_only_where_the_recipe_does(architecture, has_cutout):
+    torch.manual_seed(0)
+    x = torch.rand(16, 3, 32, 32) + 0.1  # no zeros before augmentation; replicated borders add none
+    out = common.published_augmentation(common.published_config(architecture))(x)
+    assert out.shape == x.shape and bool((out == 0).any()) == has_cutout

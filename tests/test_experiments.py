@@ -2,8 +2,9 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
-from mlkit.experiments import cached_array, run_all, run_dir
+from mlkit.experiments import cached_array, record_hardware, run_all, run_dir, trained_on
 from tests.experiment_fixture import square
 
 
@@ -53,3 +54,12 @@ def test_cached_array_computes_once_then_reads_the_file(tmp_path):
     again = cached_array(tmp_path / "a" / "x.npy", compute)
     assert np.array_equal(first, again) and len(calls) == 1
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["x.npy"]
+
+
+def test_hardware_is_recorded_before_training_and_kept_when_resumed_elsewhere(tmp_path):
+    assert trained_on(tmp_path / "old-run") == "CPU"  # runs from before the record
+    record_hardware(tmp_path / "run", torch.device("cpu"))
+    assert trained_on(tmp_path / "run").startswith("CPU, ")
+    (tmp_path / "run" / "hardware.txt").write_text("NVIDIA H100")
+    record_hardware(tmp_path / "run", torch.device("cpu"))
+    assert trained_on(tmp_path / "run") == "NVIDIA H100"
