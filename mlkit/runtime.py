@@ -31,7 +31,8 @@ def device_name(device: torch.device) -> str:
     """A readable name of the hardware behind `device`, e.g. "NVIDIA H100 80GB HBM3" or "CPU, 2 threads"."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{device.type.upper()}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"{device.type.upper()}, {threads} thread{'s' if threads > 1 else ''}"
 
 
 def set_threads(n: int | None = None) -> int:

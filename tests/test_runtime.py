@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from mlkit.runtime import atomic_path, pick_device, rng_state, seed_everything, set_rng_state, set_threads
+from mlkit.runtime import atomic_path, device_name, pick_device, rng_state, seed_everything, set_rng_state, set_threads
 
 
 def draws():
@@ -77,3 +77,14 @@ def test_atomic_path_replaces_the_file_only_when_the_write_succeeds(tmp_path):
         raise RuntimeError("crash while writing")
     assert np.array_equal(np.load(target), np.arange(3))  # the old file survives
     assert sorted(p.name for p in target.parent.iterdir()) == ["values.npy"]  # no temporary left behind
+
+
+def test_device_name_counts_cpu_threads():
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert device_name(torch.device("cpu")) == "CPU, 1 thread"
+        torch.set_num_threads(2)
+        assert device_name(torch.device("cpu")) == "CPU, 2 threads"
+    finally:
+        torch.set_num_threads(threads)
