@@ -207,7 +207,7 @@ def recipe(dataset: str, seed: int, smoke: bool, **changes) -> dict:
 
 
 # The recipe scaled up where a GPU makes it affordable: wider and deeper, at 128 px, for 200 epochs (on 15-Scene
-# about 2.5 minutes per run on an H100; about 7 hours on a 2-core CPU, from its measured training throughput).
+# about 2.5 minutes per run on an H100; about 6-8 hours on a 2-core CPU, from its measured training throughput).
 SCALED = {"size": 128, "width": 48, "blocks": 2, "epochs": 200, "batch_size": 128, "lr": 3e-3}
 
 
