@@ -1,6 +1,6 @@
 """cifar10/common.py: CIFAR-10 decoded once into uint8 tensors, six architectures, batch-wise augmentation
 (flip, shifted crops, cutout), optimizers with schedules, the cost metrics (parameters, MACs, throughput,
-latency), and airbench94's complete published recipe."""
+latency), and airbench94's and airbench96's published recipes."""
 import functools
 from pathlib import Path
 
@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mlkit.batches import ArrayLoader, channels_first, flip_and_shift, random_flip, random_translate
+from mlkit.batches import ArrayLoader, channels_first, flip_and_shift
 from mlkit.cost import latency_ms, torch_predictor, training_throughput
 from mlkit.datasets import DATA_ROOT, prepare
-from mlkit.experiments import cached_array, record_hardware, trained_on
+from mlkit.experiments import cached_array, trained_on
 from mlkit.images import ImageArrays, load_class_folders, load_image
 from mlkit.metrics import accuracy, macro_f1, mcnemar_p_value
 from mlkit.runtime import pick_device, seed_everything
@@ -71,7 +71,7 @@ class Augment:
     def __call__(self, x):
         if self.policy == "none":
             return x
-        x = random_translate(random_flip(x), 4)
+        x = flip_and_shift(4)(x)
         return cutout(x, 12) if self.policy == "flip_crop_cutout" else x
 
 
@@ -360,9 +360,7 @@ def train(config: dict, run_dir: Path, data: dict[str, ImageArrays]) -> tuple[nn
     train_images = channels_first(data["train"].images)
     if published:
         init_whitening(model.net[0], model.standardize(train_images[:5000].float() / 255))
-    device = pick_device()
-    model = model.to(device, memory_format=torch.channels_last)
-    record_hardware(run_dir, device)
+    model = model.to(pick_device(), memory_format=torch.channels_last)
     transform = published_augmentation(config) if published else Augment(config["augmentation"])
     train_loader = ArrayLoader(train_images, data["train"].labels, batch_size=config["batch_size"], shuffle=True,
                                transform=transform)

@@ -13,7 +13,7 @@ from torch import nn
 
 from mlkit.batches import ArrayLoader, channels_first, random_flip, resize
 from mlkit.datasets import DATA_ROOT, prepare
-from mlkit.experiments import record_hardware, trained_on
+from mlkit.experiments import trained_on
 from mlkit.images import ImageArrays, load_class_folders, load_image
 from mlkit.metrics import balanced_accuracy
 from mlkit.runtime import pick_device, seed_everything
@@ -240,9 +240,7 @@ def train(config: dict, run_dir: Path) -> dict:
     seed_everything(config["seed"])
     stored = channels_first(data.images)
     labels = torch.as_tensor(data.labels)
-    device = pick_device()
-    model = build(config, stored.shape[1], len(data.classes)).to(device, memory_format=torch.channels_last)
-    record_hardware(run_dir, device)
+    model = build(config, stored.shape[1], len(data.classes)).to(pick_device(), memory_format=torch.channels_last)
     val_inputs = resize(data.images[val_index], config["size"])
     val_loader = ArrayLoader(val_inputs, labels[val_index], batch_size=256)
     if config["name"] == "baseline":

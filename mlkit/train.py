@@ -23,6 +23,7 @@ from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 from tqdm import tqdm
 
 from .batches import unlabelled
+from .experiments import record_hardware
 from .runtime import atomic_path, rng_state, set_rng_state
 
 Metric = Callable[[torch.Tensor, torch.Tensor], float]
@@ -221,6 +222,7 @@ def fit(
         history, start_epoch = checkpoint["history"], checkpoint["epoch"] + 1
     if run_dir:
         run_dir.mkdir(parents=True, exist_ok=True)
+        record_hardware(run_dir, device)
     writer = _tensorboard(run_dir, start_epoch)
 
     best_val = min((row["val_loss"] for row in history), default=math.inf)
