@@ -59,11 +59,14 @@ def _call(fn, config, runs):
     return fn(config, run_dir(runs, config))
 
 
-def run_all(fn: Callable[[dict, Path], dict], configs: list[dict], runs: Path, workers: int | None = None) -> list:
+def run_all(fn: Callable[[dict, Path], dict], configs: list[dict], runs: Path, workers: int | None = None,
+            cost: Callable[[dict], float] | None = None) -> list:
     """`fn(config, run_dir)` for every configuration, results in input order.
 
     `fn` must be importable (defined in a module) so worker processes can run it. `workers`
-    defaults to $WORKERS or the number of cores; 1 runs everything in this process.
+    defaults to $WORKERS or the number of cores; 1 runs everything in this process. With `cost`
+    (a configuration's expected training time, any unit), the costliest runs start first, so the
+    pool does not end waiting on one long run.
     """
     workers = min(len(configs), workers or int(os.environ.get("WORKERS", 0)) or os.cpu_count() or 1)
     if workers <= 1:
@@ -71,7 +74,8 @@ def run_all(fn: Callable[[dict, Path], dict], configs: list[dict], runs: Path, w
     results = [None] * len(configs)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_single_thread) as pool:
-        futures = {pool.submit(_call, fn, config, runs): i for i, config in enumerate(configs)}
+        order = sorted(range(len(configs)), key=lambda i: -cost(configs[i])) if cost else range(len(configs))
+        futures = {pool.submit(_call, fn, configs[i], runs): i for i in order}
         for future in tqdm(as_completed(futures), total=len(futures), desc="runs"):
             results[futures[future]] = future.result()
     return results

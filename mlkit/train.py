@@ -186,6 +186,7 @@ def fit(
     eval_loss_fn: Callable | None = None,
     metrics: dict[str, Metric] | None = None,
     checkpoint_every: int = 1,
+    eval_every: int = 1,
     device=None,
     progress: bool = True,
 ) -> list[dict]:
@@ -195,10 +196,14 @@ def fit(
     labels (e.g. cached teacher logits) gets the whole tuple; accuracy uses the labels. `scheduler`
     steps once per epoch (ReduceLROnPlateau gets the validation loss) or, with
     `scheduler_per_batch`, once per batch. `loss_fn` trains; `eval_loss_fn` (default `loss_fn`)
-    scores validation. `clip_grad_norm` clips the gradients' global norm before every step. With
+    scores validation, every `eval_every` epochs and after the last (early stopping and ReduceLROnPlateau
+    need every epoch). `clip_grad_norm` clips the gradients' global norm before every step. With
     `swa`, the returned `model` holds the averaged weights and the last history row carries their
     validation metrics under `swa_*`.
     """
+    plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    if eval_every > 1 and (early_stopping or plateau):
+        raise ValueError("early stopping and ReduceLROnPlateau need the validation loss of every epoch")
     device = torch.device(device) if device else next(model.parameters()).device
     eval_loss_fn = eval_loss_fn or loss_fn
     run_dir = Path(run_dir) if run_dir else None
@@ -225,7 +230,7 @@ def fit(
         record_hardware(run_dir, device)
     writer = _tensorboard(run_dir, start_epoch)
 
-    best_val = min((row["val_loss"] for row in history), default=math.inf)
+    best_val = min((row["val_loss"] for row in history if "val_loss" in row), default=math.inf)
     bar = tqdm(range(start_epoch, epochs), initial=start_epoch, total=epochs, disable=not progress, desc="epochs")
     for epoch in bar:
         started = time.perf_counter()
@@ -233,23 +238,22 @@ def fit(
         batch_scheduler = scheduler if scheduler_per_batch and not in_swa else None
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
         row |= _train_epoch(model, train_loader, optimizer, loss_fn, device, batch_scheduler, clip_grad_norm)
-        row |= {f"val_{k}": v for k, v in evaluate(model, val_loader, eval_loss_fn, metrics, device).items()}
+        if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
+            row |= {f"val_{k}": v for k, v in evaluate(model, val_loader, eval_loss_fn, metrics, device).items()}
         if in_swa:
             swa_model.update_parameters(model)
             swa_scheduler.step()
         elif scheduler is not None and not scheduler_per_batch:
-            plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
             scheduler.step(row["val_loss"]) if plateau else scheduler.step()
         row["seconds"] = time.perf_counter() - started
         history.append(row)
-        bar.set_postfix({"loss": f"{row['train_loss']:.3f}", "val_loss": f"{row['val_loss']:.3f}"}
-                        | ({"val_acc": f"{row['val_accuracy']:.3f}"} if "val_accuracy" in row else {}))
+        bar.set_postfix({key: f"{row[key]:.3f}" for key in ("train_loss", "val_loss", "val_accuracy") if key in row})
         if writer:
             for key, value in row.items():
                 if key != "epoch":
                     writer.add_scalar(key, value, epoch)
             writer.flush()  # on disk with the epoch's checkpoint, even if a later epoch crashes
-        if run_dir and row["val_loss"] < best_val:
+        if run_dir and row.get("val_loss", math.inf) < best_val:
             best_val = row["val_loss"]
             atomic_save(model.state_dict(), run_dir / "best.pt")
         stop = early_stopping is not None and early_stopping.step(row["val_loss"])

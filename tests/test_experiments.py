@@ -43,6 +43,13 @@ def test_run_all_in_worker_processes_keeps_input_order(tmp_path):
     assert os.getpid() not in {r["pid"] for r in results}
 
 
+def test_run_all_starts_the_costliest_runs_first_and_keeps_input_order(tmp_path):
+    results = run_all(square, CONFIGS, tmp_path, workers=2, cost=lambda config: config["x"])
+    assert [r["square"] for r in results] == [9, 1, 16, 1, 25]
+    first_started = min(results, key=lambda r: r["started"])
+    assert first_started["square"] in (25, 16)  # the queue hands out the runs in submission order
+
+
 def test_cached_array_computes_once_then_reads_the_file(tmp_path):
     calls = []
 

@@ -124,6 +124,19 @@ def test_history_json_marks_run_finished(tmp_path):
     assert [row["epoch"] for row in history] == list(range(EPOCHS))
 
 
+def test_eval_every_scores_validation_on_its_epochs_and_the_last():
+    model, optimizer, _ = setup(scheduler=None)
+    history = fit(model, optimizer, nn.CrossEntropyLoss(), *loaders(), EPOCHS, eval_every=3, progress=False)
+    assert ["val_loss" in row for row in history] == [False, False, True, True]
+
+
+def test_eval_every_refuses_early_stopping():
+    model, optimizer, _ = setup(scheduler=None)
+    with pytest.raises(ValueError, match="every epoch"):
+        fit(model, optimizer, nn.CrossEntropyLoss(), *loaders(), EPOCHS, eval_every=2,
+            early_stopping=EarlyStopping(), progress=False)
+
+
 def test_early_stopping_waits_patience_epochs():
     stopper = EarlyStopping(patience=2)
     assert [stopper.step(loss) for loss in [1.0, 1.2, 0.9, 0.9, 1.5]] == [False, False, False, False, True]
