@@ -1,5 +1,6 @@
 """vv_tasks/common.py: the fixed models, the data fixes, the task 4 losses, prediction on new files."""
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -87,11 +88,10 @@ def test_scaled_ce_is_cross_entropy_of_scaled_logits():
     assert torch.allclose(common.scaled_ce_loss(logits, labels, 30.0), F.cross_entropy(30 * logits, labels))
 
 
-def test_logit_l2_and_z_loss_add_their_penalties():
+def test_logit_l2_adds_its_penalty():
     logits, labels = torch.randn(8, 10), torch.randint(0, 10, (8,))
-    ce = F.cross_entropy(logits, labels)
-    assert torch.allclose(common.logit_l2_loss(logits, labels, 0.5), ce + 0.5 * logits.pow(2).mean())
-    assert torch.allclose(common.z_loss(logits, labels, 0.5), ce + 0.5 * torch.logsumexp(logits, 1).pow(2).mean())
+    expected = F.cross_entropy(logits, labels) + 0.5 * logits.pow(2).mean()
+    assert torch.allclose(common.logit_l2_loss(logits, labels, 0.5), expected)
 
 
 def test_logitnorm_ignores_the_logit_scale():
@@ -114,3 +114,25 @@ def test_preprocess_digit_inverts_dark_on_light_and_rejects_blank(tmp_path):
     Image.new("L", (28, 28), 0).save(tmp_path / "blank.png")
     with pytest.raises(BadImageError, match="blank"):
         common.preprocess_digit(tmp_path / "blank.png")
+
+
+def sweep_table(rows):
+    return pd.DataFrame(rows, columns=["loss", "accuracy mean", "mean_abs_logit mean"]).set_index("loss")
+
+
+def test_recommended_loss_is_the_most_accurate_that_meets_the_logit_target():
+    table = sweep_table([("ce", 0.94, 2.0), ("a", 0.95, 0.5), ("b", 0.935, 0.15), ("c", 0.932, 0.1),
+                         ("d", 0.90, 0.01)])
+    assert common.recommend_loss(table) == "b"
+
+
+def test_without_a_loss_meeting_the_target_the_most_accurate_other_loss_is_recommended():
+    table = sweep_table([("ce", 0.94, 2.0), ("a", 0.95, 0.5), ("b", 0.90, 0.1)])
+    assert common.recommend_loss(table) == "a"
+
+
+def test_task4_confirmation_reuses_the_sweeps_seed_0_runs():
+    sweep = common.task4_sweep_configs()
+    confirm = common.task4_confirm_configs("scaled_ce 30.0")
+    assert {c["row"] for c in confirm} == {"ce", "scaled_ce 30.0"} and {c["seed"] for c in confirm} == set(common.SEEDS)
+    assert [c for c in confirm if c["seed"] == 0] == [c for c in sweep if c["row"] in ("ce", "scaled_ce 30.0")]
