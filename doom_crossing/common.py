@@ -231,6 +231,18 @@ def probabilities(model, images, tta: bool = False, batch_size: int = 64) -> np.
     return torch.cat(out).numpy()
 
 
+class SeedEnsemble(nn.Module):
+    """Classifiers fine-tuned with different seeds as one model: the log of their mean softmax (so a softmax of
+    the output gives the averaged probabilities)."""
+
+    def __init__(self, members):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x):
+        return torch.stack([member(x).softmax(1) for member in self.members]).mean(0).log()
+
+
 def save_fp16(model, path: Path) -> None:
     save_half(model, path)
 

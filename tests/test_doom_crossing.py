@@ -8,6 +8,7 @@ import torch
 from conftest import load_challenge
 from PIL import Image
 from sklearn.metrics import roc_auc_score
+from torch import nn
 
 from mlkit import pretrained
 
@@ -112,3 +113,10 @@ def test_fp16_checkpoint_round_trips(tmp_path):
     common.save_fp16(model, tmp_path / "model.pt")
     x = torch.rand(2, 3, 144, 144)
     assert torch.allclose(common.load_fp16(tmp_path / "model.pt")(x), model(x), atol=0.05)
+
+
+def test_seed_ensemble_softmax_is_the_mean_of_its_members_softmax():
+    members = [nn.Linear(4, 2) for _ in range(3)]
+    x = torch.rand(5, 4)
+    expected = torch.stack([m(x).softmax(1) for m in members]).mean(0)
+    assert torch.allclose(common.SeedEnsemble(members)(x).softmax(1), expected, atol=1e-6)
