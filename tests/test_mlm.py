@@ -1,6 +1,7 @@
 """mlm/common.py: articles, vocabulary, masking, the fixed evaluation set, metrics, models, fill-mask."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -65,6 +66,31 @@ def test_fixed_eval_set_is_deterministic_and_masks_ten_percent():
     targets = torch.cat([t for _, t in common.eval_batches((inputs, windows), batch_size=64)])
     assert torch.equal(targets, ids.view(-1, 35)[scored])
     assert not torch.equal(common.fixed_eval_set(ids, seed=1)[0], inputs)
+
+
+def test_dev_passes_mask_disjoint_positions_and_score_every_position_once():
+    ids = torch.randint(2, 100, (35 * 20,))
+    inputs, windows = common.fixed_eval_set(ids, passes=10)
+    assert torch.equal(windows, ids.view(-1, 35).repeat(10, 1))
+    masked = (inputs[:, 0] == common.MASK_ID).view(10, -1)
+    assert torch.equal(masked.sum(0), torch.ones(ids.numel(), dtype=torch.long))  # disjoint, and all covered
+    assert torch.equal(inputs[:20], common.fixed_eval_set(ids)[0])  # the first pass is the one-pass set
+    with pytest.raises(ValueError, match="do not fit"):
+        common.fixed_eval_set(ids, passes=11)
+
+
+def test_ppmi_vectors_give_words_in_the_same_contexts_the_same_direction():
+    rng = np.random.default_rng(0)
+    context = rng.integers(10, 300, (4000, 2))
+    middle = rng.choice([2, 3, 4], 4000)  # 2 and 3 share every context distribution; 4 only follows word 5
+    middle[middle == 4] = 2
+    stream = np.stack([context[:, 0], middle, context[:, 1]], 1).ravel()
+    ids = torch.tensor(np.r_[stream, [5, 4, 5, 4, 5, 4]])
+    vectors = common.ppmi_vectors(ids, 301, dim=20)
+    cosine = torch.nn.functional.cosine_similarity
+    assert vectors.shape == (301, 20) and vectors[[0, 1, 6]].abs().max() < 1e-6  # never-seen words
+    assert cosine(vectors[2], vectors[3], dim=0) > 0.9
+    assert cosine(vectors[2], vectors[4], dim=0) < 0.5
 
 
 def test_bert_corruption_splits_masked_words_80_10_10():
@@ -239,3 +265,13 @@ def test_sentence_ids_split_punctuation_and_map_unknown_words():
     ids = common.sentence_ids("The cat, [MASK] zebra.", vocab)
     assert ids.tolist() == [vocab.stoi["the"], vocab.stoi["cat"], vocab.stoi[","], common.MASK_ID, common.UNK_ID,
                             vocab.stoi["."]]
+
+
+def test_unrestricted_runs_train_each_recipe_four_times_longer():
+    same = common.make_config("same", **(common.ALL_CHANGES | {"loss_on": "all", "mask_rate": 0.5}))
+    configs = common.unrestricted_configs(same)
+    assert [c["epochs"] for c in configs.values()] == [4 * common.BASELINE["epochs"]] * 3
+    assert [c["ppmi_init"] for c in configs.values()] == [True, False, True]
+    longer_same = configs["same-resources model, 4x longer (12 epochs)"]
+    assert {k for k in common.BASELINE if longer_same[k] != same[k]} == {"epochs"}
+    assert all(c["epochs"] == 1 for c in common.unrestricted_configs(same, smoke=True).values())
