@@ -7,6 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.stats import rankdata
+from scipy.stats import t as t_distribution
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
@@ -185,6 +186,16 @@ def learning_curve(train_x, train_y, test_x, test_y, sizes, seeds=(0, 1, 2)) -> 
 
 # ---------------------------------------------------------------- statistics
 
+def corrected_resampled_ttest(differences, test_to_train_ratio: float) -> float:
+    """One-sided p-value that the mean of `differences` (one per random train/test split) is above 0: a paired
+    t-test whose variance is inflated by Nadeau & Bengio's (2003) correction, because random splits share
+    training and test images, so their differences are not independent."""
+    differences = np.asarray(differences, dtype=float)
+    n = len(differences)
+    standard_error = np.sqrt((1 / n + test_to_train_ratio) * differences.var(ddof=1))
+    return float(t_distribution.sf(differences.mean() / standard_error, df=n - 1))
+
+
 def auroc(scores_negative, scores_positive) -> float:
     """Probability that a positive scores above a negative (ties count half): the ROC AUC."""
     scores = np.concatenate([scores_negative, scores_positive])
@@ -195,15 +206,18 @@ def auroc(scores_negative, scores_positive) -> float:
 
 # ---------------------------------------------------------------- fine-tuning
 
-def finetune_configs(smoke: bool, seeds=(0, 1, 2)) -> list[dict]:
+def finetune_configs(smoke: bool, seeds=(0, 1, 2), split_seed: int = 0) -> list[dict]:
+    """One run per seed, trained on the train/val/test split drawn with `split_seed`."""
     epochs = 1 if smoke else 5
-    return [{"name": f"finetune-s{seed}", "seed": seed, "epochs": epochs, "lr_backbone": 3e-4, "lr_head": 3e-3,
-             "weight_decay": 1e-4, "label_smoothing": 0.1, "smoke": smoke} for seed in seeds]
+    return [{"name": f"finetune-split{split_seed}-s{seed}", "seed": seed, "split_seed": split_seed, "epochs": epochs,
+             "lr_backbone": 3e-4, "lr_head": 3e-3, "weight_decay": 1e-4, "label_smoothing": 0.1, "smoke": smoke}
+            for seed in seeds]
 
 
-def finetune(config: dict, run_dir: Path, data: ImageArrays, splits: dict) -> tuple[Classifier, list[dict]]:
+def finetune(config: dict, run_dir: Path, data: ImageArrays) -> tuple[Classifier, list[dict]]:
     """Full fine-tuning: AdamW with a 10x smaller learning rate on the pretrained backbone than on the new
     head, one-cycle schedule, label smoothing, random-resized-crop / flip / colour-jitter augmentation."""
+    splits = split(data.labels, config["split_seed"])
     seed_everything(config["seed"])
     model = Classifier(len(data.classes))
     groups = [{"params": model.features.parameters(), "lr": config["lr_backbone"]},

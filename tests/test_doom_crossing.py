@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import load_challenge
 from PIL import Image
+from scipy.stats import ttest_rel
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
@@ -120,3 +121,11 @@ def test_seed_ensemble_softmax_is_the_mean_of_its_members_softmax():
     x = torch.rand(5, 4)
     expected = torch.stack([m(x).softmax(1) for m in members]).mean(0)
     assert torch.allclose(common.SeedEnsemble(members)(x).softmax(1), expected, atol=1e-6)
+
+
+def test_corrected_resampled_ttest_is_the_paired_ttest_without_overlap_and_more_cautious_with_it():
+    differences = np.array([0.02, 0.01, 0.03, -0.005, 0.015])
+    paired = ttest_rel(differences, np.zeros(5), alternative="greater").pvalue
+    assert common.corrected_resampled_ttest(differences, 0.0) == pytest.approx(paired)
+    assert common.corrected_resampled_ttest(differences, 240 / 1120) > paired
+    assert common.corrected_resampled_ttest(-differences, 240 / 1120) > 0.5
