@@ -463,10 +463,14 @@ TUNING = {  # label -> changes to the ablation's winner, at the same parameters 
 }
 
 
+def recipe(config: dict) -> dict:
+    """A run's configuration without what `make_config` sets: its name and profile (epochs, token limit)."""
+    return {key: value for key, value in config.items() if key not in ("name", "limit", "epochs")}
+
+
 def tuning_configs(winner: dict, smoke: bool = False) -> dict[str, dict]:
     """The ablation winner's configuration with each TUNING change; `smoke` sets the profile."""
-    base = {key: value for key, value in winner.items() if key not in ("name", "limit", "epochs")}
-    return {label: make_config(f"tuned_{change_slug(label)}", smoke, **(base | change))
+    return {label: make_config(f"tuned_{change_slug(label)}", smoke, **(recipe(winner) | change))
             for label, change in TUNING.items()}
 
 
@@ -476,10 +480,9 @@ LONGER = {"epochs": 12}  # the unrestricted runs: 4x the tokens seen, with their
 def unrestricted_configs(same_resources: dict, smoke: bool = False) -> dict[str, dict]:
     """The all-changes recipe (with and without the PPMI init) and the same-resources model's recipe, each trained
     4x longer."""
-    same = {key: value for key, value in same_resources.items() if key not in ("name", "limit", "epochs")}
     return {"all changes, 4x longer (12 epochs)": make_config("unrestricted_all_changes", smoke,
                                                               **(ALL_CHANGES | LONGER)),
             "all changes but the PPMI init, 4x longer (12 epochs)": make_config(
                 "unrestricted_all_changes_random_init", smoke, **(ALL_CHANGES | LONGER | {"ppmi_init": False})),
             "same-resources model, 4x longer (12 epochs)": make_config("unrestricted_same_resources", smoke,
-                                                                       **(same | LONGER))}
+                                                                       **(recipe(same_resources) | LONGER))}
