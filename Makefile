@@ -1,20 +1,24 @@
 # `make run`: set up, then execute every notebook headless (PROFILE=smoke|full, CHALLENGE=<name> ...).
 # `make test`: set up, then lint and run the test suite (unit tests + every notebook in the smoke profile).
+# `make predict CHALLENGE=<name> FILES="a.jpg folder/"`: the challenge's committed predictor on your inputs.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?= smoke
 CHALLENGE ?=
+FILES ?=
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup system-packages prepare run test results tensorboard
+.PHONY: setup system-packages prepare run predict test results tensorboard
 
 setup: $(VENV)/.installed system-packages
 
 # BLAST+ (the tale challenge's baseline and its Swiss-Prot reader) comes from Debian/Ubuntu packages.
+# Without it only tale cannot run: setup warns and goes on.
 system-packages:
-	@command -v blastp >/dev/null || $(SUDO) apt-get install -y -qq ncbi-blast+ >/dev/null \
-		|| ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq ncbi-blast+ >/dev/null)
+	@command -v blastp >/dev/null || $(SUDO) apt-get install -y -qq ncbi-blast+ >/dev/null 2>&1 \
+		|| ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq ncbi-blast+ >/dev/null 2>&1) \
+		|| echo "WARNING: could not install ncbi-blast+ with apt-get; tale needs it, the other challenges do not"
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +31,9 @@ prepare: setup
 
 run: prepare
 	$(PY) -m mlkit.notebooks --profile $(PROFILE) $(CHALLENGE)
+
+predict: setup
+	$(PY) -m mlkit.predict $(CHALLENGE) $(FILES)
 
 test: prepare
 	$(PY) -m ruff check .

@@ -2,12 +2,15 @@
 
 Sources, tried in order:
   1. `data/<name>/` itself, if its marker file `.prepared.json` (written when it was filled) still
-     matches its number of files;
+     matches its files: their number and a digest of every file's path, size and modification time, so
+     a changed, truncated, added or removed file is noticed;
   2. the offline mirror (`mirror` argument, else $DATA_MIRROR, else `../shared/data` next to the
      repository): an archive checked against the mirror's SHA256SUMS;
   3. the official download (URL or Kaggle).
 Archives are extracted into a temporary folder inside `data/` and renamed into place, so
-`data/<name>/` is either complete or absent.
+`data/<name>/` is either complete or absent; temporary folders of an interrupted extraction are removed by the
+next one, and a folder that does not match its marker is moved aside to `data/<name>.replaced-<date>/`, never
+deleted. Exits non-zero when a dataset it was asked to prepare is not ready.
 
     python -m mlkit.datasets [names...]   # no names: every dataset the mirror holds
 """
@@ -21,6 +24,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import urllib.request
 import zipfile
 import zlib
@@ -82,7 +86,7 @@ DATASETS = {
     "wikitext2": Dataset(
         mirror=Archive("wikitext2_valid_test.tar.xz", top="wikitext2"),
         online=Archive(
-            "https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-2-v1.zip",
+            "https://wikitext.smerity.com/wikitext-2-v1.zip",  # the authors' host (the old S3 bucket answers 403)
             top="wikitext-2",
             checksum="md5:542ccefacc6c27f945fb54453812b3cd",
         ),
@@ -116,12 +120,26 @@ def is_prepared(folder: Path) -> bool:
         marker = json.loads((folder / MARKER).read_text())
     except (OSError, ValueError):
         return False
-    return marker.get("files") == count_files(folder)
+    return marker.get("files") == count_files(folder) and marker.get("listing") == listing_digest(folder)
 
 
 def count_files(folder: Path) -> int:
     """Files under `folder`, the marker excluded."""
     return sum(len(files) for _, _, files in os.walk(folder)) - (folder / MARKER).is_file()
+
+
+def listing_digest(folder: Path) -> str:
+    """A digest of every file's relative path, size and modification time (the marker excluded)."""
+    digest = hashlib.sha1()
+    for dirpath, dirnames, files in os.walk(folder):
+        dirnames.sort()
+        for name in sorted(files):
+            path = Path(dirpath) / name
+            if path == folder / MARKER:
+                continue
+            stat = path.stat()
+            digest.update(f"{path.relative_to(folder)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 def file_hash(path: Path, algorithm: str = "sha256") -> str:
@@ -146,7 +164,11 @@ def _prepare(name: str, root: Path, mirror: str | Path | None) -> tuple[Path, st
     dataset, folder = DATASETS[name], root / name
     if is_prepared(folder):
         return folder, "ready"
+    if _upgrade_marker(folder):
+        return folder, "ready"
     root.mkdir(parents=True, exist_ok=True)
+    for leftover in root.glob(f".tmp-{name}-*"):  # an extraction killed before it could clean up
+        shutil.rmtree(leftover, ignore_errors=True)
     mirror = find_mirror(mirror)
     path = _mirror_archive(dataset, mirror)
     if path:
@@ -167,6 +189,18 @@ def _prepare(name: str, root: Path, mirror: str | Path | None) -> tuple[Path, st
             _write_marker(folder, source="by hand", sha256="")
             return folder, "adopted"
         raise
+
+
+def _upgrade_marker(folder: Path) -> bool:
+    """A marker written before markers held a listing digest: trust its file count once, and add the digest."""
+    try:
+        marker = json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    if "listing" in marker or marker.get("files") != count_files(folder):
+        return False
+    _write_marker(folder, source=marker.get("source", ""), sha256=marker.get("sha256", ""), files=marker["files"])
+    return True
 
 
 def _mirror_archive(dataset: Dataset, mirror: Path | None) -> Path | None:
@@ -217,13 +251,16 @@ def _download(url: str, path: Path) -> None:
 def _kaggle_download(name: str, slug: str, tmp: Path, hint: str) -> Path:
     token = Path("~/.kaggle/kaggle.json").expanduser()
     has_credentials = token.is_file() or {"KAGGLE_USERNAME", "KAGGLE_KEY"} <= os.environ.keys()
-    if not (shutil.which("kaggle") and has_credentials):
+    kaggle = shutil.which("kaggle") or shutil.which("kaggle", path=str(Path(sys.executable).parent))
+    if not (kaggle and has_credentials):
+        missing = [what for what, ok in (("the kaggle package", kaggle), ("credentials", has_credentials)) if not ok]
         raise DataError(
-            f"{name} is the Kaggle dataset {slug}: pip install kaggle and set KAGGLE_USERNAME and KAGGLE_KEY "
-            f"(or save your API token as ~/.kaggle/kaggle.json){hint}"
+            f"{name} is the Kaggle dataset {slug}; missing: {' and '.join(missing)}. pip install kaggle, then set "
+            f"KAGGLE_USERNAME and KAGGLE_KEY (in Colab: from its Secrets panel) or save your API token from "
+            f"kaggle.com/settings as ~/.kaggle/kaggle.json{hint}"
         )
     try:
-        subprocess.run(["kaggle", "datasets", "download", "-d", slug, "-p", str(tmp)], check=True)
+        subprocess.run([kaggle, "datasets", "download", "-d", slug, "-p", str(tmp)], check=True)
     except subprocess.CalledProcessError as e:
         raise DataError(f"kaggle could not download {slug} (exit status {e.returncode}){hint}") from e
     return tmp / f"{slug.split('/')[1]}.zip"
@@ -241,7 +278,9 @@ def _install(path: Path, archive: Archive, folder: Path, sha256: str, tmp: Path)
     # The marker goes in before the rename, so a folder in place is always a complete one.
     _write_marker(source, source=archive.file, sha256=sha256, files=files)
     if folder.exists():
-        folder.rename(tmp / "stale")  # an unverified leftover; deleted with `tmp`
+        aside = folder.with_name(f"{folder.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        folder.rename(aside)
+        print(f"{folder} did not match its marker (changed or incomplete): moved to {aside}")
     source.rename(folder)
 
 
@@ -261,7 +300,8 @@ def _extract(path: Path, dest: Path) -> None:
 
 def _write_marker(folder: Path, source: str, sha256: str, files: int | None = None) -> None:
     files = count_files(folder) if files is None else files
-    (folder / MARKER).write_text(json.dumps({"source": source, "sha256": sha256, "files": files}, indent=1) + "\n")
+    marker = {"source": source, "sha256": sha256, "files": files, "listing": listing_digest(folder)}
+    (folder / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
 
 
 def main(names: list[str], root: Path = DATA_ROOT, mirror: str | Path | None = None) -> int:

@@ -5,10 +5,13 @@ so re-running a notebook reuses finished runs, an interrupted run resumes, and d
 retrains. Small models train faster as several single-threaded processes than as one process on
 all cores, so `run_all` spreads runs over `workers` processes.
 """
+import ctypes
 import hashlib
 import json
 import multiprocessing
 import os
+import signal
+import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -18,6 +21,8 @@ import torch
 from tqdm import tqdm
 
 from .runtime import atomic_path, device_name
+
+PR_SET_PDEATHSIG = 1  # prctl option: the signal a process gets when its parent dies
 
 
 def run_dir(runs: Path, config: dict) -> Path:
@@ -51,8 +56,12 @@ def trained_on(run_dir: Path) -> str:
     return path.read_text() if path.exists() else "CPU"
 
 
-def _single_thread():
+def _worker_start():
+    """One thread per worker; on Linux, the worker dies with the process that started it (an interrupted
+    notebook leaves no orphan training at 100% CPU)."""
     torch.set_num_threads(1)
+    if sys.platform == "linux":
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _call(fn, config, runs):
@@ -73,7 +82,7 @@ def run_all(fn: Callable[[dict, Path], dict], configs: list[dict], runs: Path, w
         return [_call(fn, config, runs) for config in tqdm(configs, desc="runs")]
     results = [None] * len(configs)
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_single_thread) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start) as pool:
         order = sorted(range(len(configs)), key=lambda i: -cost(configs[i])) if cost else range(len(configs))
         futures = {pool.submit(_call, fn, configs[i], runs): i for i in order}
         for future in tqdm(as_completed(futures), total=len(futures), desc="runs"):

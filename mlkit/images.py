@@ -2,12 +2,14 @@
 import hashlib
 import json
 import shutil
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from .runtime import atomic_path
@@ -24,8 +26,9 @@ class BadImageError(ValueError):
 def load_image(path, size: tuple[int, int] | None = None, mode: str = "RGB") -> np.ndarray:
     """Decode `path` into a uint8 array (H, W) for mode "L", else (H, W, 3), resized to `size` (W, H).
 
-    Grayscale, palette and RGBA inputs are converted (alpha composited on white). Missing, empty,
-    oversized, truncated and non-image files raise BadImageError with the reason (callers add the path).
+    The EXIF orientation is applied (phone photos come upright); 16-bit and float images are scaled to
+    8 bits, not clipped; grayscale, palette and RGBA inputs are converted (alpha composited on white).
+    Missing, empty, oversized, truncated and non-image files raise BadImageError with the reason.
     """
     path = Path(path)
     if not path.is_file():
@@ -40,7 +43,7 @@ def load_image(path, size: tuple[int, int] | None = None, mode: str = "RGB") -> 
             if image.width * image.height > MAX_PIXELS:
                 raise BadImageError(f"{image.width}x{image.height} pixels exceeds the {MAX_PIXELS:,} limit")
             image.load()
-            image = _to_mode(image, mode)
+            image = _to_mode(_to_8_bits(ImageOps.exif_transpose(image)), mode)
             if size is not None and image.size != tuple(size):
                 image = image.resize(size, Image.Resampling.BILINEAR)
             return np.array(image)  # a writable copy (torch warns about read-only arrays)
@@ -50,6 +53,15 @@ def load_image(path, size: tuple[int, int] | None = None, mode: str = "RGB") -> 
         unknown_format = isinstance(error, UnidentifiedImageError)
         reason = "unrecognised format" if unknown_format else f"{type(error).__name__}: {error}"
         raise BadImageError(f"not a readable image ({reason})") from None
+
+
+def _to_8_bits(image: Image.Image) -> Image.Image:
+    """16-bit ("I;16", "I") and float ("F") images scaled to 0-255 by their type's range."""
+    if image.mode not in ("I", "I;16", "I;16B", "I;16L", "F"):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    top = 1.0 if image.mode == "F" and values.max() <= 1.0 else 255.0 if values.max() <= 255 else 65535.0
+    return Image.fromarray(np.clip(np.rint(values / top * 255), 0, 255).astype(np.uint8), "L")
 
 
 def _to_mode(image: Image.Image, mode: str) -> Image.Image:
@@ -62,7 +74,30 @@ def _to_mode(image: Image.Image, mode: str) -> Image.Image:
 
 def list_images(folder) -> list[Path]:
     """Image files under `folder`, recursively, sorted."""
-    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return [p for p in list_files(folder) if p.suffix.lower() in IMAGE_SUFFIXES]
+
+
+def list_files(inputs) -> list[Path]:
+    """Every file a user means by `inputs` (a folder, searched recursively without hidden files, a path, or a
+    list of paths), sorted within a folder: each one gets an answer, even if it is not an image."""
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    files = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files += sorted(p for p in item.rglob("*") if p.is_file()
+                            and not any(part.startswith(".") for part in p.relative_to(item).parts))
+        else:
+            files.append(item)
+    return files
+
+
+def check_suffix(path) -> None:
+    """BadImageError for a file whose suffix is not an image format this kit decodes (e.g. .heic, .txt)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise BadImageError(f"skipped: {suffix or 'no suffix'} is not a supported image type "
+                            f"({' '.join(sorted(IMAGE_SUFFIXES))})")
 
 
 @dataclass
@@ -137,14 +172,13 @@ def _cache_path(cache_dir, root: Path, files, size, mode) -> Path | None:
 
 @torch.no_grad()
 def predict_files(model, files, preprocess, classes, top_k: int = 3, batch_size: int = 64, device=None) -> list[dict]:
-    """Predict every image in `files` (a folder, a path, or a list of paths).
+    """Predict every file in `files` (a folder, a path, or a list of paths; see `list_files`).
 
     `preprocess(path) -> tensor` decodes one file (raising BadImageError on bad input). Returns one
     dict per file, in order: {"file", "top": [(class, probability), ...]} or {"file", "error"};
-    a bad file never stops the batch.
+    a bad file, or a batch where nothing is readable, never raises.
     """
-    if isinstance(files, (str, Path)):
-        files = list_images(files) if Path(files).is_dir() else [files]
+    files = list_files(files)
     device = device or next(model.parameters()).device
     model.eval()
     results, batch = [], []
@@ -161,6 +195,7 @@ def predict_files(model, files, preprocess, classes, top_k: int = 3, batch_size:
     for path in files:
         results.append({"file": str(path)})
         try:
+            check_suffix(path)
             batch.append((len(results) - 1, preprocess(path)))
         except BadImageError as error:
             results[-1]["error"] = str(error)
@@ -170,22 +205,42 @@ def predict_files(model, files, preprocess, classes, top_k: int = 3, batch_size:
     return results
 
 
-def write_demo_folder(folder, samples: dict[str, np.ndarray]) -> Path:
-    """A folder to try prediction on: `samples` (file name -> uint8 image) saved as they are, plus the
-    inputs that must fail or be converted cleanly: an RGBA and a grayscale copy of the first sample, an
-    empty file, a corrupt JPEG and a text file. An existing folder is replaced (no stale samples)."""
+def write_demo_folder(folder, samples) -> Path:
+    """A folder to try prediction on: `samples` (a folder of image files, or file name -> uint8 array) plus
+    the inputs users really send, which must be converted cleanly (RGBA, grayscale, 16-bit, a photo stored
+    sideways with an EXIF orientation tag) or fail with a reason (empty, corrupt, a text file named .jpg, a
+    huge image, .heic and .txt files). An existing folder is replaced (no stale samples)."""
     folder = Path(folder)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
+    if isinstance(samples, (str, Path)):
+        samples = {path.name: load_image(path) for path in list_images(samples)}
     for name, image in samples.items():
         Image.fromarray(image).save(folder / name)
     first = Image.fromarray(next(iter(samples.values())))
     first.convert("RGBA").save(folder / "rgba.png")
     first.convert("L").save(folder / "grayscale.png")
+    Image.fromarray(np.asarray(first.convert("L"), np.uint16) * 257).save(folder / "16bit.png")
+    sideways = first.convert("RGB").transpose(Image.Transpose.ROTATE_90)  # EXIF 6: rotate 270 to display upright
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    sideways.save(folder / "exif_rotated.jpg", exif=exif, quality=95)
     (folder / "empty.jpg").write_bytes(b"")
     (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
     (folder / "notes.txt.jpg").write_text("a text file with an image suffix")
+    (folder / "notes.txt").write_text("a text file")
+    (folder / "photo.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    (folder / "huge.png").write_bytes(_png_header(10_000, 10_000))
     return folder
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that claims `width` x `height` pixels but holds no pixel data: enough for a size check to refuse."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
 def format_predictions(results: list[dict]) -> str:

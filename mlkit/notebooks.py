@@ -1,10 +1,15 @@
 """Run the challenge notebooks headless with papermill, and the profile they run under.
 
-    python -m mlkit.notebooks [--profile smoke|full] [challenge ...]
+    python -m mlkit.notebooks [--profile smoke|full] [--standalone] [challenge ...]
 
 `smoke` writes executed notebooks and their outputs under `runs/smoke/<challenge>/` and never
 touches committed files; `full` executes the notebooks in place, writing `<challenge>/results.json`
-and checkpoints: the real reproduction.
+and checkpoints: the real reproduction. A notebook is executed into a temporary file that replaces
+it only when every cell ran, so an interrupted run never leaves a half-executed notebook.
+
+`--standalone` executes only the cells of a Challenge notebook that must work on a fresh clone: the
+setup cell, the parameters cell, and the cells tagged `export` (writes the predictor from the saved
+weights) and `predict` (uses it); their outputs replace those cells' outputs in place.
 """
 import argparse
 import sys
@@ -13,8 +18,42 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .results import CHALLENGES, ROOT
+from .runtime import atomic_path
 
 NOTEBOOK_ORDER = ("Baseline.ipynb", "Challenge.ipynb")
+REPOSITORY = "ml-challenges/ml-challenges"  # GitHub owner/name: the Colab links and every setup cell clone it
+SETUP_CELL = """\
+# Setup: run this cell first. In Colab it clones the repository (set REPO_URL to use a fork) and installs
+# only what Colab lacks; elsewhere it finds the repository this notebook sits in.
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+if "google.colab" in sys.modules and not Path("../mlkit").is_dir():
+    REPO_URL = os.environ.get("REPO_URL", "https://github.com/{repository}.git")
+    if not Path("/content/repo/mlkit").is_dir():
+        clone = subprocess.run(["git", "clone", "-q", "--depth", "1", REPO_URL, "/content/repo"],
+                               capture_output=True, text=True)
+        if clone.returncode:
+            raise RuntimeError(f"git clone {{REPO_URL}} failed: {{clone.stderr.strip()}}")
+    os.chdir("/content/repo/{challenge}")
+    sys.path.insert(0, "/content/repo")
+    from mlkit.colab import install
+
+    install("{challenge}")
+sys.path.insert(0, os.path.abspath(".."))"""
+
+
+def setup_cell(challenge: str) -> str:
+    """The first code cell of every notebook of `challenge`."""
+    return SETUP_CELL.format(repository=REPOSITORY, challenge=challenge)
+
+
+def colab_link(notebook: Path) -> str:
+    """The "Open in Colab" address of a committed notebook."""
+    return f"https://colab.research.google.com/github/{REPOSITORY}/blob/main/{notebook.relative_to(ROOT)}"
+STANDALONE_TAGS = ("parameters", "export", "predict")
 
 
 @dataclass(frozen=True)
@@ -52,9 +91,10 @@ def challenge_notebooks(challenge: str) -> list[Path]:
     return [folder / name for name in NOTEBOOK_ORDER if (folder / name).exists()]
 
 
-def execute(notebook: Path, profile: str, output_dir: Path | None = None) -> Path:
-    """Execute one notebook in its own folder; returns the executed copy's path."""
-    import papermill
+def execute(notebook: Path, profile: str, output_dir: Path | None = None, standalone: bool = False) -> Path:
+    """Execute one notebook (or, `standalone`, only its fresh-clone cells) in its own folder; returns the
+    executed copy's path (the notebook itself in the full profile)."""
+    import nbformat
 
     if profile == "full":
         target, params = notebook, {"PROFILE": "full"}
@@ -62,26 +102,44 @@ def execute(notebook: Path, profile: str, output_dir: Path | None = None) -> Pat
         output_dir = Path(output_dir or ROOT / "runs" / profile / notebook.parent.name)
         output_dir.mkdir(parents=True, exist_ok=True)
         target, params = output_dir / notebook.name, {"PROFILE": profile, "OUTPUT_DIR": str(output_dir)}
-    papermill.execute_notebook(str(notebook), str(target), parameters=params, cwd=str(notebook.parent),
-                               kernel_name="python3", progress_bar=False)
-    _drop_local_paths(target)
+    source = nbformat.read(notebook, as_version=4)
+    cells = standalone_cells(source) if standalone else range(len(source.cells))
+    with atomic_path(target) as tmp:
+        part = nbformat.v4.new_notebook(metadata=source.metadata, cells=[source.cells[i] for i in cells])
+        nbformat.write(part, tmp)
+        _papermill(tmp, params, notebook.parent)
+        executed = nbformat.read(tmp, as_version=4)
+        if standalone:
+            whole = nbformat.read(target, as_version=4) if target.exists() else source
+            ran = [c for c in executed.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+            for index, cell in zip(cells, ran, strict=True):
+                whole.cells[index] = cell
+            executed.cells = whole.cells
+        for key in ("input_path", "output_path"):  # absolute paths mean nothing on another machine
+            executed.metadata.get("papermill", {}).pop(key, None)
+        nbformat.write(executed, tmp)
     return target
 
 
-def _drop_local_paths(notebook: Path) -> None:
-    """Papermill records absolute input/output paths; they mean nothing on another machine."""
-    import nbformat
+def standalone_cells(notebook) -> list[int]:
+    """Indexes of the setup cell (the first code cell) and the cells tagged with a STANDALONE_TAGS tag."""
+    code = [i for i, cell in enumerate(notebook.cells) if cell.cell_type == "code"]
+    tagged = [i for i in code if set(notebook.cells[i].metadata.get("tags", [])) & set(STANDALONE_TAGS)]
+    return sorted({code[0], *tagged})
 
-    executed = nbformat.read(notebook, as_version=4)
-    for key in ("input_path", "output_path"):
-        executed.metadata.get("papermill", {}).pop(key, None)
-    nbformat.write(executed, notebook)
+
+def _papermill(path: Path, params: dict, cwd: Path) -> None:
+    import papermill
+
+    papermill.execute_notebook(str(path), str(path), parameters=params, cwd=str(cwd), kernel_name="python3",
+                               progress_bar=False)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("challenges", nargs="*", help=f"default: all of {', '.join(CHALLENGES)}")
     parser.add_argument("--profile", default="smoke", choices=["smoke", "full"])
+    parser.add_argument("--standalone", action="store_true", help="only the Challenge notebooks' fresh-clone cells")
     args = parser.parse_args(argv)
     unknown = set(args.challenges) - set(CHALLENGES)
     if unknown:
@@ -89,9 +147,11 @@ def main(argv=None) -> int:
     summary = []
     for challenge in args.challenges or CHALLENGES:
         for notebook in challenge_notebooks(challenge):
+            if args.standalone and notebook.name != "Challenge.ipynb":
+                continue
             started = time.perf_counter()
             print(f"running {challenge}/{notebook.name} ({args.profile}) ...", flush=True)
-            execute(notebook, args.profile)
+            execute(notebook, args.profile, standalone=args.standalone)
             print(f"  done in {time.perf_counter() - started:.0f} s", flush=True)
         out = ROOT / challenge if args.profile == "full" else ROOT / "runs" / args.profile / challenge
         if (out / "results.json").exists():

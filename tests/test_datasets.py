@@ -56,7 +56,8 @@ def test_extracts_from_mirror(root, mirror):
     assert folder == root / "toy"
     assert (folder / "train/b/2.txt").read_bytes() == b"two"
     marker = json.loads((folder / MARKER).read_text())
-    assert marker == {"source": "toy.tar.gz", "sha256": sha256(mirror / "toy.tar.gz"), "files": 3}
+    assert marker == {"source": "toy.tar.gz", "sha256": sha256(mirror / "toy.tar.gz"), "files": 3,
+                      "listing": datasets.listing_digest(folder)}
     assert leftovers(root) == ["toy"]
 
 
@@ -73,13 +74,42 @@ def test_reextracts_deleted_folder(root, mirror):
     assert (folder / "test/a/3.txt").read_bytes() == b"three"
 
 
-def test_reextracts_tampered_folder(root, mirror):
+def test_reextracts_tampered_folder_and_keeps_the_old_one_aside(root, mirror, capsys):
     folder = prepare("toy", root=root, mirror=mirror)
     (folder / "train/a/1.txt").unlink()
+    (folder / "my_notes.txt").write_text("a user's file")
     assert not datasets.is_prepared(folder)
     prepare("toy", root=root, mirror=mirror)
     assert (folder / "train/a/1.txt").read_bytes() == b"one"
+    toy, aside = leftovers(root)
+    assert toy == "toy" and aside.startswith("toy.replaced-")
+    assert (root / aside / "my_notes.txt").read_text() == "a user's file"
+    assert f"moved to {root / aside}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("change", ["rewrite", "truncate"])
+def test_a_changed_file_is_noticed_though_the_count_is_the_same(root, mirror, change):
+    folder = prepare("toy", root=root, mirror=mirror)
+    path = folder / "train/b/2.txt"
+    stat = path.stat()
+    path.write_bytes(b"TWO" if change == "rewrite" else b"t")
+    datasets.os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert not datasets.is_prepared(folder)
+
+
+def test_leftovers_of_a_killed_extraction_are_removed(root, mirror):
+    (root / ".tmp-toy-abc123" / "extracted").mkdir(parents=True)
+    prepare("toy", root=root, mirror=mirror)
     assert leftovers(root) == ["toy"]
+
+
+def test_a_marker_without_listing_is_upgraded_not_reextracted(root, mirror, monkeypatch):
+    folder = prepare("toy", root=root, mirror=mirror)
+    marker = json.loads((folder / MARKER).read_text())
+    (folder / MARKER).write_text(json.dumps({k: v for k, v in marker.items() if k != "listing"}))
+    monkeypatch.setattr(datasets, "_extract", lambda *args: pytest.fail("extracted again"))
+    assert datasets._prepare("toy", root, mirror) == (folder, "ready")
+    assert datasets.is_prepared(folder)
 
 
 def test_checksum_mismatch(root, mirror):
@@ -113,10 +143,23 @@ def test_unknown_dataset(root, mirror):
 
 
 def test_kaggle_message(root, tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets.shutil, "which", lambda _: None)
-    with pytest.raises(DataError, match="pip install kaggle and set KAGGLE_USERNAME and KAGGLE_KEY"):
+    monkeypatch.setattr(datasets.shutil, "which", lambda *args, **kwargs: None)
+    with pytest.raises(DataError, match="missing: the kaggle package and credentials. pip install kaggle, then set "
+                                        "KAGGLE_USERNAME and KAGGLE_KEY"):
         prepare("doom_crossing", root=root, mirror=tmp_path)
     assert leftovers(root) == []
+
+
+def test_kaggle_found_inside_the_virtual_environment(root, tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets.shutil, "which", lambda name, path=None: path and f"{path}/{name}")
+    monkeypatch.setenv("KAGGLE_USERNAME", "someone")
+    monkeypatch.setenv("KAGGLE_KEY", "secret")
+    called = []
+    monkeypatch.setattr(datasets.subprocess, "run", lambda command, check: called.append(command[0]) or
+                        pytest.fail("stop after the call"))
+    with pytest.raises(pytest.fail.Exception):
+        prepare("doom_crossing", root=root, mirror=tmp_path)
+    assert called == [str(datasets.Path(datasets.sys.executable).parent / "kaggle")]
 
 
 def test_mirror_only_dataset_message(root, tmp_path):

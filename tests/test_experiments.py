@@ -1,4 +1,8 @@
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -6,6 +10,8 @@ import torch
 
 from mlkit.experiments import cached_array, record_hardware, run_all, run_dir, trained_on
 from tests.experiment_fixture import square
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_run_dir_ignores_key_order(tmp_path):
@@ -70,3 +76,31 @@ def test_hardware_is_recorded_before_training_and_kept_when_resumed_elsewhere(tm
     (tmp_path / "run" / "hardware.txt").write_text("NVIDIA H100")
     record_hardware(tmp_path / "run", torch.device("cpu"))
     assert trained_on(tmp_path / "run") == "NVIDIA H100"
+
+
+def test_workers_die_with_the_process_that_started_them(tmp_path):
+    script = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
+              "from mlkit.experiments import run_all\nimport experiment_fixture\n"
+              "run_all(experiment_fixture.sleep_forever, [{'x': 1}, {'x': 2}], sys.argv[3], workers=2)\n")
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    parent = subprocess.Popen([sys.executable, "-c", script, str(ROOT), str(ROOT / "tests"), str(runs)])
+    deadline = time.monotonic() + 60
+    while len(list(runs.glob("worker-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    pids = [int(p.name.split("-")[1]) for p in runs.glob("worker-*")]
+    assert len(pids) == 2, "workers did not start"
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in pids), "a worker outlived its parent"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()

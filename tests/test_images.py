@@ -178,7 +178,7 @@ def test_predict_files_reports_every_file_in_order(prediction_folder):
 
     results = predict_files(model, prediction_folder, preprocess, classes, top_k=2, batch_size=2)
 
-    names = ["a_good.png", "b_empty.jpg", "c_good.png", "d_text.png", "e_truncated.jpg", "f_good.jpg"]
+    names = ["a_good.png", "b_empty.jpg", "c_good.png", "d_text.png", "e_truncated.jpg", "f_good.jpg", "g_notes.txt"]
     assert [os.path.basename(r["file"]) for r in results] == names
     for result in results:
         name = os.path.basename(result["file"])
@@ -201,8 +201,9 @@ def test_format_predictions_marks_errors(prediction_folder):
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3))
     results = predict_files(model, prediction_folder, preprocess, ["cat", "dog", "fox"], batch_size=2)
     lines = format_predictions(results).splitlines()
-    assert len(lines) == 6
-    assert [line.split(":")[0] for line in lines if "ERROR" in line] == ["b_empty.jpg", "d_text.png", "e_truncated.jpg"]
+    assert len(lines) == 7
+    assert [line.split(":")[0] for line in lines if "ERROR" in line] == ["b_empty.jpg", "d_text.png", "e_truncated.jpg",
+                                                                         "g_notes.txt"]
     assert all("%" in line for line in lines if "ERROR" not in line)
 
 
@@ -228,8 +229,54 @@ def test_demo_folder_gives_per_file_errors_and_predictions_for_the_rest(tmp_path
     results = predict_files(model, folder, lambda p: torch.tensor(load_image(p, (8, 8))).permute(2, 0, 1).float(),
                             ["x", "y"])
     by_name = {os.path.basename(r["file"]): r for r in results}
-    assert {n for n, r in by_name.items() if "error" in r} == {"empty.jpg", "corrupt.jpg", "notes.txt.jpg"}
-    assert {n for n, r in by_name.items() if "top" in r} == {"a.jpg", "b.png", "rgba.png", "grayscale.png"}
+    assert {n for n, r in by_name.items() if "error" in r} == {"empty.jpg", "corrupt.jpg", "notes.txt.jpg", "notes.txt",
+                                                                "photo.heic", "huge.png"}
+    assert {n for n, r in by_name.items() if "top" in r} == {"a.jpg", "b.png", "rgba.png", "grayscale.png", "16bit.png",
+                                                              "exif_rotated.jpg"}
+    assert "skipped: .heic" in by_name["photo.heic"]["error"]
+    assert "exceeds" in by_name["huge.png"]["error"]
+
+
+def test_demo_folder_takes_a_folder_of_samples(tmp_path):
+    (tmp_path / "samples").mkdir()
+    solid(tmp_path / "samples" / "cat_1.png", (9, 9, 9))
+    folder = images.write_demo_folder(tmp_path / "demo", tmp_path / "samples")
+    assert (folder / "cat_1.png").is_file() and (folder / "16bit.png").is_file()
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    upright = np.zeros((4, 6, 3), np.uint8)
+    upright[0, :] = 255  # a white top row
+    sideways = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    sideways.save(tmp_path / "phone.png", exif=exif)
+    loaded = load_image(tmp_path / "phone.png")
+    assert loaded.shape == (4, 6, 3)
+    np.testing.assert_array_equal(loaded[0, :, 0], 255)
+
+
+def test_16_bit_images_are_scaled_not_clipped(tmp_path):
+    Image.fromarray(np.array([[0, 32896, 65535]], np.uint16)).save(tmp_path / "deep.png")
+    np.testing.assert_array_equal(load_image(tmp_path / "deep.png", mode="L"), [[0, 128, 255]])
+
+
+def test_a_batch_with_nothing_readable_returns_errors(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("x")
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2))
+    results = predict_files(model, tmp_path, preprocess, ["x", "y"])
+    assert [os.path.basename(r["file"]) for r in results] == ["empty.png", "notes.txt"]
+    assert all(r["error"] for r in results)
+
+
+def test_list_files_lists_every_file_but_hidden_ones(tmp_path):
+    for name in ("b.heic", "a.jpg", "sub/c.txt", ".hidden/d.jpg", ".e.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.relative_to(tmp_path).as_posix() for p in images.list_files(tmp_path)] == ["a.jpg", "b.heic", "sub/c.txt"]
+    named = [tmp_path / "b.heic", tmp_path / "gone.jpg"]
+    assert images.list_files(named) == named
 
 
 def test_demo_folder_is_replaced_not_added_to(tmp_path):

@@ -5,7 +5,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mlkit.notebooks import execute
+from mlkit import colab
+from mlkit.notebooks import execute, setup_cell, standalone_cells
 from mlkit.results import CHALLENGES, ROOT
 
 NOTEBOOKS = [ROOT / c / name for c in CHALLENGES for name in ("Baseline.ipynb", "Challenge.ipynb")
@@ -54,3 +55,48 @@ def test_results_json_matches_what_the_notebook_printed(notebook):
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=_id)
 def test_committed_notebook_holds_no_local_paths(notebook):
     assert str(ROOT) not in notebook.read_text(), "an absolute path of this checkout is stored in the notebook"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=_id)
+def test_first_cell_is_the_shared_setup_cell(notebook):
+    first = _code_cells(notebook)[0]
+    assert first.source == setup_cell(notebook.parent.name)
+
+
+def _toy_notebook(path: Path, sources: list[str], tags: list[list[str]]) -> Path:
+    cells = [nbformat.v4.new_code_cell(source, metadata={"tags": t}) for source, t in zip(sources, tags)]
+    kernel = {"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}}
+    nbformat.write(nbformat.v4.new_notebook(cells=cells, metadata=kernel), path)
+    return path
+
+
+def test_standalone_cells_are_setup_parameters_export_and_predict(tmp_path):
+    path = _toy_notebook(tmp_path / "Challenge.ipynb", ["a = 1", "PROFILE = 'full'", "b = train()", "c = 3", "d = 4"],
+                         [[], ["parameters"], [], ["export"], ["predict"]])
+    assert standalone_cells(nbformat.read(path, as_version=4)) == [0, 1, 3, 4]
+
+
+def test_a_failing_notebook_leaves_the_committed_one_untouched(tmp_path):
+    path = _toy_notebook(tmp_path / "Challenge.ipynb", ["PROFILE = 'full'", "print('fine')", "raise ValueError('x')"],
+                         [["parameters"], [], []])
+    before = path.read_bytes()
+    with pytest.raises(Exception, match="ValueError"):
+        execute(path, "full")
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["Challenge.ipynb"]
+
+
+def test_standalone_execution_fills_only_its_cells(tmp_path):
+    path = _toy_notebook(tmp_path / "Challenge.ipynb", ["x = 2", "PROFILE = 'full'", "raise RuntimeError('training')",
+                                                        "print(x * 21)"], [[], ["parameters"], [], ["predict"]])
+    execute(path, "full", standalone=True)
+    cells = nbformat.read(path, as_version=4).cells
+    assert cells[3].outputs[0].text == "42\n"
+    assert cells[2].outputs == [] and cells[2].execution_count is None
+
+
+def test_colab_installs_only_missing_distributions(tmp_path):
+    (tmp_path / "requirements.txt").write_text("numpy==0.0.1\nno-such-distribution==1.0\ntensorflow-cpu==9\n")
+    missing = colab.missing_requirements(tmp_path / "requirements.txt")
+    assert missing[0] == "no-such-distribution==1.0"
+    assert "numpy==0.0.1" not in missing  # installed in another version: Colab's stays
