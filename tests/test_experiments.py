@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -8,7 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from mlkit.experiments import cached_array, record_hardware, run_all, run_dir, trained_on
+from mlkit.experiments import (
+    cached_array,
+    provenance,
+    read_record,
+    record_hardware,
+    run_all,
+    run_dir,
+    trained_on,
+    write_record,
+)
 from tests.experiment_fixture import square
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,3 +114,44 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_records_are_reused_for_the_same_config_only(tmp_path):
+    records = tmp_path / "records"
+    first = run_all(square, CONFIGS[:2], tmp_path / "runs", workers=1, records=records)
+    assert {r["provenance"] for r in first} == {"trained now"}
+    again = run_all(lambda *_: pytest.fail("trained again"), CONFIGS[:2], tmp_path / "runs", workers=1,
+                    records=records)
+    assert [r["square"] for r in again] == [9, 1]
+    assert all(r["provenance"].startswith("record (CPU") for r in again)
+    assert provenance(again).startswith("2 runs from record (CPU")
+    changed = run_all(square, [CONFIGS[0] | {"x": 7}], tmp_path / "runs", workers=1, records=records)
+    assert changed[0]["square"] == 49 and changed[0]["provenance"] == "trained now"
+    retrained = run_all(square, CONFIGS[:1], tmp_path / "runs", workers=1, records=records, retrain=True)
+    assert retrained[0]["provenance"] == "trained now"
+
+
+def test_records_are_written_by_worker_processes_too(tmp_path):
+    run_all(square, CONFIGS[:2], tmp_path / "runs", workers=2, records=tmp_path / "records")
+    assert len(list((tmp_path / "records").glob("*.json"))) == 2
+
+
+def test_a_record_round_trips_arrays_compactly(tmp_path):
+    result = {"probabilities": np.array([[0.25, 0.75]], np.float16), "labels": torch.tensor([1, 0]),
+              "history": [{"epoch": 0, "loss": 1.5}], "name": "x", "scalar": np.float32(0.5)}
+    path = write_record(tmp_path / "r.json", {"name": "x"}, result, "CPU, 1 thread")
+    back = read_record(path)
+    assert back["probabilities"].dtype == np.float16 and back["probabilities"].tolist() == [[0.25, 0.75]]
+    assert back["labels"].tolist() == [1, 0] and back["history"] == result["history"] and back["scalar"] == 0.5
+    assert json.loads(path.read_text())["code"] != ""
+
+
+def test_a_record_refuses_a_model(tmp_path):
+    with pytest.raises(TypeError, match="not Linear"):
+        write_record(tmp_path / "r.json", {}, {"model": torch.nn.Linear(2, 2)}, "CPU")
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_committed_records_stay_lean():
+    total = sum(p.stat().st_size for p in ROOT.glob("*/records/*.json"))
+    assert total < 30 * 2**20, f"run records hold {total / 2**20:.1f} MB (budget 30 MB)"
