@@ -17,11 +17,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .results import CHALLENGES, ROOT
+from .results import CHALLENGES, REPOSITORY, ROOT
 from .runtime import atomic_path
 
 NOTEBOOK_ORDER = ("Baseline.ipynb", "Challenge.ipynb")
-REPOSITORY = "ml-challenges/ml-challenges"  # GitHub owner/name: the Colab links and every setup cell clone it
 SETUP_CELL = """\
 # Setup: run this cell first. In Colab it clones the repository (set REPO_URL to use a fork) and installs
 # only what Colab lacks; elsewhere it finds the repository this notebook sits in.
@@ -49,10 +48,6 @@ def setup_cell(challenge: str) -> str:
     """The first code cell of every notebook of `challenge`."""
     return SETUP_CELL.format(repository=REPOSITORY, challenge=challenge)
 
-
-def colab_link(notebook: Path) -> str:
-    """The "Open in Colab" address of a committed notebook."""
-    return f"https://colab.research.google.com/github/{REPOSITORY}/blob/main/{notebook.relative_to(ROOT)}"
 STANDALONE_TAGS = ("parameters", "export", "predict")
 
 
@@ -91,9 +86,9 @@ def challenge_notebooks(challenge: str) -> list[Path]:
     return [folder / name for name in NOTEBOOK_ORDER if (folder / name).exists()]
 
 
-def execute(notebook: Path, profile: str, output_dir: Path | None = None, standalone: bool = False) -> Path:
-    """Execute one notebook (or, `standalone`, only its fresh-clone cells) in its own folder; returns the
-    executed copy's path (the notebook itself in the full profile)."""
+def execute(notebook: Path, profile: str, output_dir: Path | None = None, only: tuple[str, ...] = ()) -> Path:
+    """Execute one notebook in its own folder, or `only` its setup cell and the cells with one of these tags
+    (e.g. STANDALONE_TAGS); returns the executed copy's path (the notebook itself in the full profile)."""
     import nbformat
 
     if profile == "full":
@@ -103,13 +98,13 @@ def execute(notebook: Path, profile: str, output_dir: Path | None = None, standa
         output_dir.mkdir(parents=True, exist_ok=True)
         target, params = output_dir / notebook.name, {"PROFILE": profile, "OUTPUT_DIR": str(output_dir)}
     source = nbformat.read(notebook, as_version=4)
-    cells = standalone_cells(source) if standalone else range(len(source.cells))
+    cells = standalone_cells(source, only) if only else range(len(source.cells))
     with atomic_path(target) as tmp:
         part = nbformat.v4.new_notebook(metadata=source.metadata, cells=[source.cells[i] for i in cells])
         nbformat.write(part, tmp)
         _papermill(tmp, params, notebook.parent)
         executed = nbformat.read(tmp, as_version=4)
-        if standalone:
+        if only:
             whole = nbformat.read(target, as_version=4) if target.exists() else source
             ran = [c for c in executed.cells if "injected-parameters" not in c.metadata.get("tags", [])]
             for index, cell in zip(cells, ran, strict=True):
@@ -121,10 +116,10 @@ def execute(notebook: Path, profile: str, output_dir: Path | None = None, standa
     return target
 
 
-def standalone_cells(notebook) -> list[int]:
-    """Indexes of the setup cell (the first code cell) and the cells tagged with a STANDALONE_TAGS tag."""
+def standalone_cells(notebook, tags=STANDALONE_TAGS) -> list[int]:
+    """Indexes of the setup cell (the first code cell) and the code cells with one of `tags`."""
     code = [i for i, cell in enumerate(notebook.cells) if cell.cell_type == "code"]
-    tagged = [i for i in code if set(notebook.cells[i].metadata.get("tags", [])) & set(STANDALONE_TAGS)]
+    tagged = [i for i in code if set(notebook.cells[i].metadata.get("tags", [])) & set(tags)]
     return sorted({code[0], *tagged})
 
 
@@ -151,7 +146,7 @@ def main(argv=None) -> int:
                 continue
             started = time.perf_counter()
             print(f"running {challenge}/{notebook.name} ({args.profile}) ...", flush=True)
-            execute(notebook, args.profile, standalone=args.standalone)
+            execute(notebook, args.profile, only=STANDALONE_TAGS if args.standalone else ())
             print(f"  done in {time.perf_counter() - started:.0f} s", flush=True)
         out = ROOT / challenge if args.profile == "full" else ROOT / "runs" / args.profile / challenge
         if (out / "results.json").exists():

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CHALLENGES = ["vv_tasks", "cifar10", "distillation", "indoor_scene", "doom_crossing", "mlm", "tale"]
+CHALLENGES = sorted(path.parent.name for path in ROOT.glob("*/Challenge.ipynb"))  # a challenge: a folder with one
+REPOSITORY = "ml-challenges/ml-challenges"  # GitHub owner/name: the Colab links and every setup cell clone it
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
@@ -39,16 +40,22 @@ def _rounded(value):
 
 def results_table(root=ROOT) -> str:
     """Markdown table: one row per challenge with a results.json, showing its `headline` entries."""
-    lines = ["| challenge | result | data |", "|---|---|---|"]
+    lines = ["| challenge | result | data | Colab |", "|---|---|---|---|"]
     for name in CHALLENGES:
         path = Path(root) / name / "results.json"
         if not path.exists():
-            lines.append(f"| {name} | not yet run | |")
+            lines.append(f"| {name} | not yet run | | |")
             continue
         results = json.loads(path.read_text())
         headline = "; ".join(f"{k}: {_fmt(v)}" for k, v in results.get("headline", {}).items())
-        lines.append(f"| [{name}]({name}/Challenge.ipynb) | {headline} | {results.get('data', '')} |")
+        links = " ".join(f"[{nb}]({colab_link(f'{name}/{nb}.ipynb')})" for nb in ("Baseline", "Challenge"))
+        lines.append(f"| [{name}]({name}/Challenge.ipynb) | {headline} | {results.get('data', '')} | {links} |")
     return "\n".join(lines)
+
+
+def colab_link(notebook: str) -> str:
+    """The "Open in Colab" address of a committed notebook (a path from the repository root)."""
+    return f"https://colab.research.google.com/github/{REPOSITORY}/blob/main/{notebook}"
 
 
 def _fmt(value) -> str:

@@ -1,12 +1,14 @@
 """Every notebook runs in the smoke profile; every committed notebook is executed and agrees with its results.json."""
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import nbformat
 import pytest
 
 from mlkit import colab
-from mlkit.notebooks import execute, setup_cell, standalone_cells
+from mlkit.notebooks import STANDALONE_TAGS, execute, setup_cell, standalone_cells
 from mlkit.results import CHALLENGES, ROOT
 
 NOTEBOOKS = [ROOT / c / name for c in CHALLENGES for name in ("Baseline.ipynb", "Challenge.ipynb")
@@ -89,7 +91,7 @@ def test_a_failing_notebook_leaves_the_committed_one_untouched(tmp_path):
 def test_standalone_execution_fills_only_its_cells(tmp_path):
     path = _toy_notebook(tmp_path / "Challenge.ipynb", ["x = 2", "PROFILE = 'full'", "raise RuntimeError('training')",
                                                         "print(x * 21)"], [[], ["parameters"], [], ["predict"]])
-    execute(path, "full", standalone=True)
+    execute(path, "full", only=STANDALONE_TAGS)
     cells = nbformat.read(path, as_version=4).cells
     assert cells[3].outputs[0].text == "42\n"
     assert cells[2].outputs == [] and cells[2].execution_count is None
@@ -100,3 +102,33 @@ def test_colab_installs_only_missing_distributions(tmp_path):
     missing = colab.missing_requirements(tmp_path / "requirements.txt")
     assert missing[0] == "no-such-distribution==1.0"
     assert "numpy==0.0.1" not in missing  # installed in another version: Colab's stays
+
+
+def _fresh_clone(folder: Path) -> Path:
+    """The committed files of this checkout's work tree (no runs/, no records beyond what is tracked), with the
+    prepared data and the shared pretrained-weight cache that `make setup` provides linked in."""
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True)
+    for name in filter(None, tracked.stdout.split("\0")):
+        if (ROOT / name).is_file():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, folder / name)
+    for shared in ("data", "checkpoints"):
+        for item in (ROOT / shared).iterdir():
+            if not (folder / shared / item.name).exists():
+                (folder / shared / item.name).symlink_to(item)
+    return folder
+
+
+@pytest.mark.parametrize("notebook", CHALLENGE_NOTEBOOKS, ids=_id)
+def test_last_cell_predicts_on_a_fresh_clone_after_the_setup_cell_alone(notebook, tmp_path):
+    clone = _fresh_clone(tmp_path / "clone")
+    copy = clone / notebook.relative_to(ROOT)
+    execute(copy, "full", only=("parameters", "predict"))
+    cells = nbformat.read(copy, as_version=4).cells
+    last = next(c for c in reversed(cells) if c.cell_type == "code")
+    assert "predict" in last.metadata.get("tags", [])
+    assert last.outputs, "the last cell showed nothing"
+    assert not (clone / notebook.parent.name / "runs").exists() or not any(
+        (clone / notebook.parent.name / "runs").glob("*/history.json")), "the last cell trained"
+    seconds = json.loads((copy.parent / "results.json").read_text())["predictor"]["seconds_to_load_and_predict"]
+    assert seconds < 60

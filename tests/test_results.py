@@ -27,11 +27,17 @@ def test_results_table_lists_every_challenge(tmp_path):
 
     lines = results_table(tmp_path).splitlines()
 
-    assert lines[:2] == ["| challenge | result | data |", "|---|---|---|"]
+    assert lines[:2] == ["| challenge | result | data | Colab |", "|---|---|---|---|"]
     assert len(lines) == 2 + len(results.CHALLENGES)
-    assert "| [cifar10](cifar10/Challenge.ipynb) | test accuracy: 0.9123; epochs: 30 | CIFAR-10, 10k test images |" \
-        in lines
-    assert "| mlm | not yet run | |" in lines
+    colab = f"https://colab.research.google.com/github/{results.REPOSITORY}/blob/main/cifar10"
+    assert (f"| [cifar10](cifar10/Challenge.ipynb) | test accuracy: 0.9123; epochs: 30 | CIFAR-10, 10k test images | "
+            f"[Baseline]({colab}/Baseline.ipynb) [Challenge]({colab}/Challenge.ipynb) |") in lines
+    assert "| mlm | not yet run | | |" in lines
+
+
+def test_the_challenge_list_is_every_folder_with_a_challenge_notebook():
+    assert results.CHALLENGES == sorted(p.parent.name for p in results.ROOT.glob("*/Challenge.ipynb"))
+    assert len(results.CHALLENGES) == 7
 
 
 def test_render_readme_replaces_only_the_marked_table():
