@@ -30,6 +30,8 @@ from tqdm import tqdm
 
 from .runtime import atomic_path, device_name
 
+ROOT = Path(__file__).resolve().parent.parent
+
 PR_SET_PDEATHSIG = 1  # prctl option: the signal a process gets when its parent dies
 
 
@@ -116,8 +118,8 @@ def run_all(fn: Callable[[dict, Path], dict], configs: list[dict], runs: Path, w
 # ---------------------------------------------------------------- records
 
 def write_record(path: Path, config: dict, result, hardware: str) -> Path:
-    """`path` (JSON): the configuration, the run's result (numpy arrays and tensors encoded compactly),
-    the hardware it trained on, the date and the code version."""
+    """`path` (JSON): the configuration, the run's result (numpy arrays and tensors encoded compactly,
+    paths inside the repository made relative to it), the hardware it trained on, the date and the code version."""
     record = {"config": config, "result": _encode(result), "hardware": hardware,
               "date": time.strftime("%Y-%m-%d"), "code": code_version()}
     with atomic_path(path) as tmp:
@@ -174,9 +176,9 @@ def _encode(value):
         return {str(k): _encode(v) for k, v in value.items() if k != "provenance"}
     if isinstance(value, (list, tuple)):
         return [_encode(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if isinstance(value, (str, Path)):
+        return str(value).replace(f"{ROOT}/", "")
+    if value is None or isinstance(value, (bool, int, float)):
         return value
     raise TypeError(f"a run record holds metrics, histories and predictions, not {type(value).__name__}: "
                     f"return what the notebook needs from the trained model, not the model")

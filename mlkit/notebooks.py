@@ -64,6 +64,11 @@ class Profile:
         return self.name == "smoke"
 
     @property
+    def records(self) -> Path:
+        """`out/records`: the runs' committed records (see `mlkit.experiments`)."""
+        return self.out / "records"
+
+    @property
     def checkpoints(self) -> Path:
         """`out/checkpoints`, created on first use."""
         folder = self.out / "checkpoints"

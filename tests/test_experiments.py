@@ -152,6 +152,13 @@ def test_a_record_refuses_a_model(tmp_path):
     assert not (tmp_path / "r.json").exists()
 
 
-def test_committed_records_stay_lean():
-    total = sum(p.stat().st_size for p in ROOT.glob("*/records/*.json"))
+def test_committed_records_stay_lean_and_hold_no_local_paths():
+    records = list(ROOT.glob("*/records/*.json"))
+    total = sum(p.stat().st_size for p in records)
     assert total < 30 * 2**20, f"run records hold {total / 2**20:.1f} MB (budget 30 MB)"
+    assert not [p.name for p in records if str(ROOT) in p.read_text()]
+
+
+def test_a_record_stores_paths_relative_to_the_repository(tmp_path):
+    path = write_record(tmp_path / "r.json", {}, {"run_dir": str(ROOT / "vv_tasks" / "runs" / "a")}, "CPU")
+    assert read_record(path)["run_dir"] == "vv_tasks/runs/a"
