@@ -3,6 +3,7 @@ import hashlib
 import json
 import shutil
 import struct
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,9 @@ def load_image(path, size: tuple[int, int] | None = None, mode: str = "RGB") -> 
     if n_bytes > MAX_FILE_BYTES:
         raise BadImageError(f"{n_bytes / 2**20:.1f} MiB exceeds the {MAX_FILE_BYTES // 2**20} MiB file limit")
     try:
-        with Image.open(path) as image:
+        # PIL warns about huge images as it opens them; they are refused below, with their size.
+        quiet = warnings.catch_warnings(action="ignore", category=Image.DecompressionBombWarning)
+        with quiet, Image.open(path) as image:
             if image.width * image.height > MAX_PIXELS:
                 raise BadImageError(f"{image.width}x{image.height} pixels exceeds the {MAX_PIXELS:,} limit")
             image.load()

@@ -76,5 +76,6 @@ def record_predictor(folder, seconds: float) -> None:
     manifest = folder / "checkpoints" / MANIFEST
     name = manifest.relative_to(ROOT) if manifest.is_relative_to(ROOT) else manifest
     results["predictor"] = {"file": str(name), "seconds_to_load_and_predict": seconds}
-    save_results(results, folder)
+    save_results(results, folder, quiet=True)
+    print(f"results.json: predictor {name}, {seconds:.1f} s to load and predict")
 

@@ -14,13 +14,14 @@ REPOSITORY = "ml-challenges/ml-challenges"  # GitHub owner/name: the Colab links
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
-def save_results(results: dict, folder) -> Path:
+def save_results(results: dict, folder, quiet: bool = False) -> Path:
     """Write `results.json` (sorted keys, floats rounded to 4 decimals) and print it for the notebook."""
     path = Path(folder) / "results.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_rounded(results), indent=2, sort_keys=True)
     path.write_text(text + "\n")
-    print(f"wrote results.json ({path.parent.name}/)\n{text}")
+    if not quiet:
+        print(f"wrote results.json ({path.parent.name}/)\n{text}")
     return path
 
 

@@ -50,7 +50,8 @@ def test_results_json_matches_what_the_notebook_printed(notebook):
                if o.output_type == "stream" and o.text.startswith("wrote results.json")]
     assert printed, "the notebook never printed its results.json"
     shown, _ = json.JSONDecoder().raw_decode(printed[-1].split("\n", 1)[1])  # the cell may print more after it
-    assert shown == saved
+    assert shown == {k: v for k, v in saved.items() if k != "predictor"}  # the last cell adds "predictor"
+    assert saved["predictor"]["seconds_to_load_and_predict"] < 60
     assert saved["profile"] == "full"
 
 
