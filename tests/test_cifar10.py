@@ -1,12 +1,14 @@
 import copy
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from conftest import ROOT, load_challenge
+from PIL import Image
 
-from mlkit.train import load_half
+from mlkit.train import load_half, save_half
 
 common = load_challenge("cifar10")
 
@@ -223,3 +225,103 @@ def test_published_augmentation_cuts_out_only_where_the_recipe_does(architecture
     x = torch.rand(16, 3, 32, 32) + 0.1  # no zeros before augmentation; replicated borders add none
     out = common.published_augmentation(common.published_config(architecture))(x)
     assert out.shape == x.shape and bool((out == 0).any()) == has_cutout
+
+
+# ---------------------------------------------------------------- the committed predictor
+
+@pytest.fixture(scope="module")
+def predictor():
+    return common.load_predictor()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return common.demo_inputs(tmp_path_factory.mktemp("demo") / "inputs")
+
+
+@pytest.fixture(scope="module")
+def demo_table(predictor, demo):
+    return predictor.predict(demo)
+
+
+def test_committed_predictor_names_its_model_weights_and_tta(predictor):
+    manifest = predictor.manifest
+    assert manifest["classes"] == common.CLASSES and manifest["input"]["size"] == [32, 32]
+    assert (common.CHECKPOINTS / manifest["weights"]["file"]).is_file()
+    results = json.loads((ROOT / "cifar10" / "results.json").read_text())
+    assert manifest["source"]["run"] == results["best_model"]
+    assert manifest["tta"]["name"] == results["best_recipe"]["tta"]
+    assert repr(predictor) == "cifar10 airbench96 predictor, 10 classes, flip+translate TTA"
+
+
+def test_committed_predictor_answers_every_demo_file(demo_table, demo):
+    table = demo_table
+    assert list(table["file"]) == [p.name for p in common.list_files(demo)]
+    good = table[table["error"] == ""]
+    samples = good[good["file"].isin([p.name for p in common.DEMO.glob("*.jpg")])]
+    assert len(samples) == len(list(common.DEMO.glob("*.jpg"))) >= 4
+    assert (samples["prediction"] == samples["file"].str.split("_").str[0]).all()  # the demo images are right
+    assert set(good["file"]) >= {"rgba.png", "grayscale.png", "16bit.png", "exif_rotated.jpg"}
+    assert good["prediction"].isin(common.CLASSES).all() and good["probability"].between(0, 1).all()
+    bad = table.set_index("file").loc[["empty.jpg", "corrupt.jpg", "notes.txt.jpg", "notes.txt", "photo.heic",
+                                       "huge.png"], "error"]
+    assert (bad != "").all()
+
+
+def test_a_batch_of_only_bad_files_gives_rows_with_errors(predictor, demo, tmp_path):
+    bad = [demo / "empty.jpg", demo / "notes.txt", tmp_path / "missing.png"]
+    table = predictor.predict(bad)
+    assert len(table) == 3 and (table["error"] != "").all() and (table["prediction"] == "").all()
+    assert predictor.predict([]).empty
+    assert common.prediction_grid(table, bad) is None
+
+
+def test_prediction_grid_shows_the_readable_inputs(demo_table, demo):
+    import matplotlib.pyplot as plt
+
+    figure = common.prediction_grid(demo_table, demo)
+    assert sum(1 for ax in figure.axes if ax.images) == (demo_table["error"] == "").sum()
+    plt.close(figure)
+
+
+def test_missing_manifest_or_weights_give_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="predictor.json is missing"):
+        common.load_predictor(tmp_path)
+    (tmp_path / "predictor.json").write_text(json.dumps({"weights": {"file": "best.pt"}}))
+    with pytest.raises(FileNotFoundError, match="best.pt is missing"):
+        common.load_predictor(tmp_path)
+    with pytest.raises(FileNotFoundError, match="best.pt is missing"):
+        common.export_predictor(tmp_path)
+
+
+def test_export_writes_a_predictor_that_loads_from_its_folder_alone(tmp_path):
+    torch.manual_seed(0)
+    save_half(common.build("plain_cnn"), tmp_path / "checkpoints" / common.WEIGHTS)
+    (tmp_path / "results.json").write_text(json.dumps({
+        "best_model": "plain_cnn-s0", "best_recipe": {"architecture": "plain_cnn", "tta": "flip"},
+        "data": "toy", "profile": "smoke"}))
+    manifest = json.loads(common.export_predictor(tmp_path / "checkpoints", smoke=True).read_text())
+    assert manifest["smoke"] and manifest["model"]["parameters"] == common.parameter_count(common.build("plain_cnn"))
+    loaded = common.load_predictor(tmp_path / "checkpoints")
+    assert repr(loaded) == "cifar10 plain_cnn predictor, 10 classes, flip TTA"
+    image = tmp_path / "car.png"
+    Image.fromarray(np.full((40, 50, 3), 128, np.uint8)).save(image)
+    assert loaded.predict(image)["prediction"].isin(common.CLASSES).all()
+
+
+def test_committed_manifest_is_what_export_writes_from_the_committed_files(tmp_path):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    shutil.copy(common.CHECKPOINTS / common.WEIGHTS, folder)
+    shutil.copy(ROOT / "cifar10" / "results.json", tmp_path)
+    exported = json.loads(common.export_predictor(folder).read_text())
+    committed = json.loads((common.CHECKPOINTS / "predictor.json").read_text())
+    assert {k: v for k, v in exported.items() if k != "written"} == {k: v for k, v in committed.items()
+                                                                    if k != "written"}
+
+
+def test_demo_images_are_small_committed_test_images():
+    files = sorted(p for p in common.DEMO.iterdir() if p.suffix == ".jpg")
+    assert 4 <= len(files) <= 6 and sum(p.stat().st_size for p in common.DEMO.iterdir()) < 150_000
+    assert all(p.name.split("_")[0] in common.CLASSES for p in files)
+    assert all(common.load_image(p).shape == (32, 32, 3) for p in files)

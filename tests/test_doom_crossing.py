@@ -1,7 +1,11 @@
-"""doom_crossing/common.py and mlkit/pretrained.py: splits, statistics, OOD, the new class, files, weights."""
+"""doom_crossing/common.py and mlkit/pretrained.py: splits, statistics, OOD, the new class, files, weights, and the
+committed predictor."""
 import hashlib
+import re
+import shutil
 import zipfile
 
+import nbformat
 import numpy as np
 import pytest
 import torch
@@ -12,6 +16,8 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from mlkit import pretrained
+from mlkit.images import list_files
+from mlkit.predictors import read_manifest
 
 common = load_challenge("doom_crossing")
 
@@ -129,3 +135,71 @@ def test_corrected_resampled_ttest_is_the_paired_ttest_without_overlap_and_more_
     assert common.corrected_resampled_ttest(differences, 0.0) == pytest.approx(paired)
     assert common.corrected_resampled_ttest(differences, 240 / 1120) > paired
     assert common.corrected_resampled_ttest(-differences, 240 / 1120) > 0.5
+
+
+def test_ood_guard_thresholds_at_the_quantile_of_the_validation_scores():
+    rng = np.random.default_rng(0)
+    train, val = _clusters(rng, np.eye(8)[:2] * 5, 50), _clusters(rng, np.eye(8)[:2] * 5, 20)
+    detector, threshold = common.ood_guard(train, val)
+    assert detector.k == common.OOD_K
+    assert threshold == pytest.approx(np.quantile(detector.score(val), common.OOD_QUANTILE))
+    assert (detector.score(val) > threshold).mean() == pytest.approx(1 - common.OOD_QUANTILE, abs=0.03)
+
+
+# ---------------------------------------------------------------- the committed predictor
+
+@pytest.fixture(scope="module")
+def predictor():
+    return common.load_predictor()
+
+
+@pytest.fixture(scope="module")
+def demo_table(predictor):
+    return predictor.predict(common.demo_inputs())
+
+
+def test_demo_gives_one_row_per_file_classes_for_samples_neither_for_off_topic_and_errors_for_bad_files(demo_table):
+    files = list_files(common.demo_inputs())
+    table = demo_table.set_index("file")
+    assert list(demo_table["file"]) == [f.name for f in files]
+    columns = ["file", "prediction", "probability", "ood_score", "threshold", "top classes", "error"]
+    assert list(demo_table.columns) == columns
+    for name in ("buildings_1.jpg", "buildings_2.jpg", "street_1.jpg", "street_2.jpg"):
+        assert table.loc[name, "prediction"] == name.split("_")[0] and table.loc[name, "error"] == ""
+        assert table.loc[name, "ood_score"] <= table.loc[name, "threshold"]
+    for name in ("forest_1.jpg", "sea_1.jpg"):
+        assert table.loc[name, "prediction"] == common.NEITHER and table.loc[name, "ood_score"] > 0.346
+        assert table.loc[name, "probability"] > 0.5  # the softmax alone would have answered with confidence
+    for name in ("rgba.png", "grayscale.png", "16bit.png", "exif_rotated.jpg"):
+        assert table.loc[name, "error"] == "" and table.loc[name, "prediction"] in ("buildings", "street", "NEITHER")
+    for name in ("empty.jpg", "corrupt.jpg", "notes.txt.jpg", "notes.txt", "photo.heic", "huge.png"):
+        assert table.loc[name, "error"] and table.loc[name, "prediction"] == ""
+        assert np.isnan(table.loc[name, "ood_score"])
+
+
+def test_a_batch_of_only_bad_files_gives_error_rows(predictor, tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("text")
+    table = predictor.predict([tmp_path / "empty.jpg", tmp_path / "notes.txt", tmp_path / "missing.png"])
+    assert len(table) == 3 and (table["error"] != "").all() and table["ood_score"].isna().all()
+    assert "no such file" in table["error"].iloc[2]
+
+
+def test_committed_manifest_is_the_notebooks_q3_guard_and_describes_the_ensemble(predictor):
+    manifest = read_manifest(common.CHECKPOINTS)
+    notebook = nbformat.read(common.HERE / "Challenge.ipynb", as_version=4)
+    printed = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
+    q3 = re.search(r"threshold (\d\.\d{3}): rejects", printed).group(1)
+    assert f"{manifest['ood']['threshold']:.3f}" == q3
+    assert manifest["ood"]["k"] == common.OOD_K == predictor.detector.k and manifest["ood"]["bank_images"] == 1120
+    assert manifest["classes"] == ["buildings", "street"] and not manifest["source"]["smoke"]
+    assert manifest["model"]["weights"] == [common.checkpoint_name(seed) for seed in common.SEEDS]
+    assert "3-seed" in repr(predictor) and "0.346" in repr(predictor)
+
+
+def test_missing_manifest_or_weights_give_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="predictor.json"):
+        common.load_predictor(tmp_path)
+    shutil.copy(common.CHECKPOINTS / "predictor.json", tmp_path)
+    with pytest.raises(FileNotFoundError, match="mobilenetv2_finetuned_seed0_fp16.pt"):
+        common.load_predictor(tmp_path)

@@ -1,10 +1,13 @@
 """vv_tasks/common.py: the fixed models, the data fixes, the task 4 losses, prediction on new files."""
+import json
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import load_challenge
+from conftest import ROOT, load_challenge
 from PIL import Image
 
 from mlkit.images import BadImageError, ImageArrays
@@ -136,3 +139,85 @@ def test_task4_confirmation_reuses_the_sweeps_seed_0_runs():
     confirm = common.task4_confirm_configs("scaled_ce 30.0")
     assert {c["row"] for c in confirm} == {"ce", "scaled_ce 30.0"} and {c["seed"] for c in confirm} == set(common.SEEDS)
     assert [c for c in confirm if c["seed"] == 0] == [c for c in sweep if c["row"] in ("ce", "scaled_ce 30.0")]
+
+
+# ---------------------------------------------------------------- the committed predictor
+
+@pytest.fixture(scope="module")
+def predictor():
+    return common.load_predictor()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo folder the last cell uses, written elsewhere (runs/ stays untouched)."""
+    return common.demo_inputs(tmp_path_factory.mktemp("digits") / "demo_inputs")
+
+
+def test_committed_predictor_is_task1s_model_and_lists_the_other_checkpoints(predictor):
+    manifest = predictor.manifest
+    assert manifest["weights"]["file"] == "task1_ModelTask1.pt" and manifest["model"]["name"] == "ModelTask1"
+    assert manifest["classes"] == [str(d) for d in range(10)] and manifest["input"]["size"] == [28, 28]
+    assert set(manifest["checkpoints"]) == {"task1_ModelTask1.pt", "task3_ModelTask3.pt", "task4_ModelTask4.pt"}
+    for name, about in manifest["checkpoints"].items():
+        assert (common.CHECKPOINTS / name).is_file() and about["what"] and about["run"]["seed"] == 0
+    assert repr(predictor) == "vv_tasks digit predictor (ModelTask1, task 1's solution), 10 classes, no TTA"
+
+
+def test_committed_predictor_answers_every_demo_file(predictor, demo):
+    table = predictor.predict(demo)
+    assert list(table["file"]) == sorted(p.name for p in demo.iterdir())  # one row per file, in order
+    rows = table.set_index("file")
+    samples = [p.name for p in common.DEMO.iterdir() if p.suffix in (".png", ".jpg")]
+    assert len(samples) >= 5
+    for name in samples:  # the committed test digits, the dark-on-light one included, come out right
+        assert rows.loc[name, "error"] == "" and rows.loc[name, "prediction"] == name.split("_")[0], name
+    for name in ("rgba.png", "grayscale.png", "16bit.png", "exif_rotated.jpg"):
+        assert rows.loc[name, "error"] == "" and rows.loc[name, "prediction"] in common.DIGITS
+    assert rows.loc["blank.png", "error"].startswith("blank image")
+    assert (rows.loc[["empty.jpg", "corrupt.jpg", "notes.txt.jpg", "notes.txt", "photo.heic", "huge.png"],
+                     "error"] != "").all()
+
+
+def test_a_batch_of_only_bad_files_gives_rows_with_errors(predictor, demo, tmp_path):
+    table = predictor.predict([demo / "blank.png", demo / "notes.txt", tmp_path / "missing.png"])
+    assert len(table) == 3 and (table["error"] != "").all() and (table["prediction"] == "").all()
+    assert predictor.predict([]).empty
+
+
+def test_missing_manifest_or_weights_give_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="predictor.json is missing"):
+        common.load_predictor(tmp_path)
+    (tmp_path / "predictor.json").write_text(json.dumps({"weights": {"file": "task1_ModelTask1.pt"}}))
+    with pytest.raises(FileNotFoundError, match="task1_ModelTask1.pt is missing"):
+        common.load_predictor(tmp_path)
+
+
+def _copy_of_the_committed_checkpoints(folder):
+    (folder / "checkpoints").mkdir()
+    for name in common.SOLUTIONS:
+        shutil.copy(common.CHECKPOINTS / name, folder / "checkpoints")
+    shutil.copy(ROOT / "vv_tasks" / "results.json", folder)
+    return folder / "checkpoints"
+
+
+def test_committed_manifest_is_what_export_writes_from_the_committed_files(tmp_path):
+    exported = json.loads(common.export_predictor(_copy_of_the_committed_checkpoints(tmp_path)).read_text())
+    committed = json.loads((common.CHECKPOINTS / "predictor.json").read_text())
+    assert {k: v for k, v in exported.items() if k != "written"} == {k: v for k, v in committed.items()
+                                                                    if k != "written"}
+
+
+def test_export_refuses_a_folder_without_the_saved_checkpoints(tmp_path):
+    folder = _copy_of_the_committed_checkpoints(tmp_path)
+    (folder / "task3_ModelTask3.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="task3_ModelTask3.pt"):
+        common.export_predictor(folder)
+
+
+def test_demo_digits_are_small_test_images_of_different_digits():
+    files = sorted(p for p in common.DEMO.iterdir() if p.suffix in (".png", ".jpg"))
+    digits = [p.name.split("_")[0] for p in files]
+    assert 5 <= len(files) <= 7 and len(set(digits)) == len(digits)
+    assert sum(p.stat().st_size for p in common.DEMO.iterdir()) < 150_000
+    assert all(Image.open(p).size == (28, 28) for p in files if p.suffix == ".png")

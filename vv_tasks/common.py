@@ -22,12 +22,18 @@ from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
 from mlkit.datasets import prepare
 from mlkit.experiments import run_all
-from mlkit.images import BadImageError, ImageArrays, load_class_folders, load_image
+from mlkit.images import BadImageError, ImageArrays, load_class_folders, load_image, predict_files, write_demo_folder
 from mlkit.metrics import mean_std
+from mlkit.predictors import image_table, read_manifest, write_manifest
+from mlkit.results import load_results
 from mlkit.runtime import pick_device, seed_everything
-from mlkit.train import SWA, EarlyStopping, evaluate, fit
+from mlkit.train import SWA, EarlyStopping, evaluate, fit, load_state
 
-ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+CHECKPOINTS = HERE / "checkpoints"
+DEMO = HERE / "demo"  # committed test digits for the last cell's demo
+DIGITS = [str(d) for d in range(10)]
 BATCH_SIZE = 256
 RECIPES = {  # task -> (model, learning rate, epochs); all SGD with momentum 0.9
     "task1": ("ModelTask1", 0.005, 50),
@@ -443,3 +449,106 @@ class ProbabilitiesToLogits(nn.Module):
     def forward(self, x):
         return self.model(x).clamp_min(1e-12).log()
 
+
+
+# ---------------------------------------------------------------- the committed predictor
+PREDICTOR_WEIGHTS = "task1_ModelTask1.pt"  # the digit predictor: task 1's solution
+
+
+SOLUTIONS = {  # checkpoint -> (task, row of its seed-0 run in the notebook, what it holds); None: task 4's pick
+    "task1_ModelTask1.pt": ("task1", "+ shift augment (all)", "ModelTask1 (ends in Softmax: outputs probabilities) "
+                            "trained on task 1's data shuffled, balanced, k-NN relabelled and shift-augmented"),
+    "task3_ModelTask3.pt": ("task3", "+ blur + noise (all)", "ModelTask3 (ends in Softmax: outputs probabilities) "
+                            "trained on task 3's data with blur + noise + shift augmentation, for its degraded test"),
+    "task4_ModelTask4.pt": ("task4", None, "ModelTask4 (outputs logits) trained on task 1's fixed data with the "
+                            "recommended loss: cross-entropy's accuracy with much smaller logits"),
+}
+
+
+def solution_checkpoints(results: dict, smoke: bool = False) -> dict[str, dict]:
+    """What each checkpoint the results cell saves holds: model, its run's configuration and the solution's
+    scores over the seeds (`results`: the notebook's results.json, which names task 4's loss)."""
+    configs = [config for group in challenge_configs(smoke).values() for config in group]
+    scores = {"task1": {"test_accuracy_mean": results["task1_accuracy_mean"],
+                        "test_accuracy_std": results["task1_accuracy_std"]},
+              "task3": {"test_accuracy_mean": results["task3_accuracy_mean"],
+                        "test_accuracy_std": results["task3_accuracy_std"]},
+              "task4": {"test_accuracy_mean": results["task4_accuracy"],
+                        "mean_abs_logit": results["task4_mean_abs_logit"], "loss": results["task4_loss"]}}
+    out = {}
+    for name, (task, row, what) in SOLUTIONS.items():
+        row = row or results["task4_loss"]
+        run = next(c for c in configs if c["task"] == task and c["row"] == row and c["seed"] == 0)
+        model = RECIPES[task][0]
+        out[name] = {"task": task, "model": model, "builder": f"common.MODELS[{model!r}]()", "what": what,
+                     "run": run, f"solution_over_{len(SEEDS)}_seeds": scores[task]}
+    return out
+
+
+def export_predictor(folder=CHECKPOINTS, smoke: bool = False) -> Path:
+    """`folder/predictor.json`: task 1's solution model as a digit predictor, and what the other saved
+    checkpoints are, from the weights the results cell saved and the results.json beside `folder`."""
+    folder = Path(folder)
+    results = load_results(folder.parent)
+    checkpoints = solution_checkpoints(results, smoke)
+    missing = [name for name in checkpoints if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder}: {', '.join(missing)} missing; the notebook's results cell saves them")
+    for name, about in checkpoints.items():  # each file fits the model it is said to hold
+        MODELS[about["model"]]().load_state_dict(load_state(folder / name))
+        about["bytes"] = (folder / name).stat().st_size
+    predictor = checkpoints[PREDICTOR_WEIGHTS]
+    return write_manifest(
+        folder, challenge="vv_tasks", task="handwritten digit classification (task 1's solution model)",
+        classes=DIGITS,
+        model={"name": predictor["model"], "builder": predictor["builder"],
+               "output": "softmax probabilities (the model ends in Softmax); the predictor feeds their log to the "
+                         "kit's softmax (common.ProbabilitiesToLogits), which gives them back unchanged"},
+        input={"size": [28, 28], "mode": "L", "preprocess": "common.preprocess_digit",
+               "resize": "any size and format, EXIF-rotated, converted to grayscale, bilinear resize to 28x28",
+               "scaling": "none: raw pixel values 0..255 as float, shape (1, 28, 28), as in training",
+               "polarity": "white digit on black; inverted when the border's mean pixel is above 127 (dark on light)",
+               "rejected": "blank images (every pixel the same value)"},
+        tta="none", top_k=3,
+        weights={"file": PREDICTOR_WEIGHTS, "format": "state dict, fp32: torch.load(weights_only=True)",
+                 "bytes": predictor["bytes"]},
+        source={"run": predictor["run"], "data": results["data"], "profile": results["profile"],
+                f"solution_over_{len(SEEDS)}_seeds": predictor[f"solution_over_{len(SEEDS)}_seeds"],
+                "results": "results.json"},
+        checkpoints=checkpoints, smoke=smoke)
+
+
+class DigitPredictor:
+    """Task 1's solution model on any image files: one row per file, the digit or the reason it has none."""
+
+    def __init__(self, manifest: dict, model: nn.Module):
+        self.manifest = manifest
+        self.network = ProbabilitiesToLogits(model.eval())
+
+    def predict(self, inputs):
+        """Files, folders or a list of them -> a DataFrame: file, prediction, probability, top classes, error."""
+        return image_table(predict_files(self.network, inputs, preprocess_digit, self.manifest["classes"],
+                                         top_k=self.manifest["top_k"]))
+
+    def __repr__(self) -> str:
+        return (f"vv_tasks digit predictor ({self.manifest['model']['name']}, task 1's solution), "
+                f"{len(self.manifest['classes'])} classes, no TTA")
+
+
+def load_predictor(folder=CHECKPOINTS) -> DigitPredictor:
+    """The predictor `export_predictor` described in `folder` (its manifest and state dict only)."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    weights = folder / manifest["weights"]["file"]
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} is missing (named by {folder.name}/predictor.json)")
+    model = MODELS[manifest["model"]["name"]]()
+    model.load_state_dict(load_state(weights))
+    return DigitPredictor(manifest, model)
+
+
+def demo_inputs(folder=HERE / "runs" / "demo_inputs") -> Path:
+    """`folder` (replaced) with the committed test digits of `DEMO`, a blank image and the inputs that must be
+    converted or refused with a reason."""
+    samples = {path.name: load_image(path, mode="L") for path in sorted(DEMO.glob("*_*.*"))}  # not README.md
+    return write_demo_folder(folder, samples | {"blank.png": np.zeros((28, 28), np.uint8)})
