@@ -1,6 +1,11 @@
 """distillation/common.py: Intel Image Classification, the frozen ResNet-152 master, compact students,
-knowledge distillation, int8 ONNX export and the cost measurements."""
+knowledge distillation, int8 ONNX export and the cost measurements; the committed predictor runs the master
+and the deployed int8 student side by side (`export_predictor`, `load_predictor`)."""
 import hashlib
+import json
+import shutil
+import subprocess
+import time
 from functools import partial
 from pathlib import Path
 
@@ -16,9 +21,12 @@ from mlkit.batches import ArrayLoader, flip_and_shift, float_batches, random_tra
 from mlkit.cost import latency_ms, torch_predictor, training_throughput  # noqa: F401 (notebook API)
 from mlkit.datasets import DATA_ROOT, prepare
 from mlkit.experiments import cached_array
-from mlkit.images import ImageArrays, list_images, load_class_folders, load_image, predict_files
-from mlkit.pretrained import mobilenet_v2_features, resnet152
-from mlkit.runtime import seed_everything
+from mlkit.images import ImageArrays, list_images, load_class_folders, load_image, predict_files, write_demo_folder
+from mlkit.predictors import read_manifest, write_manifest
+from mlkit.pretrained import CHECKPOINTS as PRETRAINED_CACHE
+from mlkit.pretrained import RESNET152, mobilenet_v2_features, resnet152
+from mlkit.results import load_results
+from mlkit.runtime import atomic_path, seed_everything
 from mlkit.train import fit, load_state, parameter_count  # noqa: F401 (notebooks call common.parameter_count)
 
 IMAGE_SIZE = 150  # the dataset's native size, and the master's input (as in the starter)
@@ -378,12 +386,202 @@ def preprocess(path, side: int = IMAGE_SIZE) -> torch.Tensor:
     return to_float(image)[0] if side == IMAGE_SIZE else resize(image, side)[0].float() / 255
 
 
-def side_by_side(files, models: dict[str, tuple[nn.Module, int]], classes) -> pd.DataFrame:
-    """Top-1 class and probability of every model (name -> (model, input side)) for every file; an
-    unreadable file gets its error instead and the others still come back."""
-    table = {}
-    for name, (model, side) in models.items():
-        for result in predict_files(model, files, partial(preprocess, side=side), classes, top_k=1):
-            row = table.setdefault(Path(result["file"]).name, {})
-            row[name] = f"ERROR {result['error']}" if "error" in result else "{} {:.0%}".format(*result["top"][0])
-    return pd.DataFrame.from_dict(table, orient="index")
+# ---------------------------------------------------------------- the committed predictor: master and student
+
+HERE = Path(__file__).resolve().parent
+CHECKPOINTS = HERE / "checkpoints"
+DEMO = HERE / "demo"  # committed seg_pred images for the last cell's demo
+MASTER_HEAD = "master_head.pt"  # the master's Dense(6), saved by Baseline.ipynb (fp32 state dict)
+BACKBONE_FIRST_LOAD = ("read once out of resmem 1.1.6's wheel from PyPI (pip download, sha256 checked) into the "
+                       "shared cache checkpoints/resmem_model.pt: about 15 s more on the first load (measured on a "
+                       "2-core CPU: 28 s to load and predict the demo instead of 13 s)")
+SCALING = {"cnn": "uint8 / 255 -> [0, 1]; the network standardises ((x - 0.5) / 0.25) itself",
+           "mobilenet": "uint8 / 255 -> [0, 1]; the network standardises with the ImageNet mean and std itself"}
+OUTPUT_COLUMNS = ["file", "master", "master probability", "student", "student probability", "agree", "error"]
+
+
+def intel_classes(root=DATA_ROOT) -> list[str]:
+    """The six class names in label order: the sorted class folders of seg_train (as `load_class_folders`)."""
+    return sorted(d.name for d in (prepare("intel", root) / "seg_train").iterdir() if d.is_dir())
+
+
+def student_metadata(kind: str, classes: list[str], source: str) -> dict[str, str]:
+    """What a program needs to run the student's ONNX file alone: its `metadata_props` (strings)."""
+    side = STUDENT_INPUT[kind]
+    return {"classes": json.dumps(classes), "input_name": "image", "input_size": str(side),
+            "input_layout": f"float32 (batch, 3, {side}, {side}), RGB",
+            "preprocess": f"decode as RGB at {IMAGE_SIZE}x{IMAGE_SIZE} (bilinear), then antialiased bilinear "
+                          f"resize to {side}x{side}",
+            "scaling": SCALING[kind], "output": "logits (batch, 6); softmax gives the probabilities",
+            "model": f"{kind} student of the distillation challenge, int8 static quantization (QDQ)",
+            "source": source}
+
+
+def write_onnx_metadata(path: Path, metadata: dict[str, str]) -> None:
+    """Set `metadata` in the ONNX file's `metadata_props` (the quantizer's own entries are kept); the graph
+    and weights are left as they are."""
+    import onnx
+
+    model = onnx.load(str(path))
+    props = {p.key: p.value for p in model.metadata_props} | metadata
+    onnx.helper.set_model_props(model, props)
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+
+
+def export_predictor(folder=CHECKPOINTS, smoke: bool = False) -> Path:
+    """`folder/predictor.json` for the master (the backbone from the shared cache + `MASTER_HEAD`) and the
+    deployed int8 ONNX student the notebooks saved in `folder`, described from the results.json beside it;
+    the student's metadata also goes into its ONNX file. Reads files only (and the class folder names)."""
+    folder = Path(folder)
+    head = folder / MASTER_HEAD
+    students = sorted(folder.glob("*_student_int8.onnx"))
+    if not head.is_file() and smoke and (CHECKPOINTS / MASTER_HEAD).is_file():
+        shutil.copy2(CHECKPOINTS / MASTER_HEAD, head)  # a smoke run of this notebook alone saves no head: the committed
+    if not head.is_file():
+        raise FileNotFoundError(f"{head} is missing: Baseline.ipynb saves the master's head there")
+    if len(students) != 1:
+        raise FileNotFoundError(f"{folder}: expected one *_student_int8.onnx (the Challenge notebook saves it), "
+                                f"found {[p.name for p in students]}")
+    student = students[0]
+    kind = student.name.removesuffix("_student_int8.onnx")
+    results = load_results(folder.parent)
+    classes = intel_classes()
+    head_state = load_state(head)
+    if tuple(head_state["weight"].shape) != (len(classes), 2048):
+        raise ValueError(f"{head.name}: weight shape {tuple(head_state['weight'].shape)}, expected "
+                         f"({len(classes)}, 2048)")
+    metadata = student_metadata(kind, classes, results["student"])
+    write_onnx_metadata(student, metadata)
+    side = STUDENT_INPUT[kind]
+    fp16 = folder / f"{kind}_student_fp16.pt"
+    return write_manifest(
+        folder, challenge="distillation", classes=classes,
+        task="scene classification (Intel Image Classification, 6 classes): the master and the deployed student "
+             "side by side",
+        master={"architecture": "frozen ImageNet ResNet-152 (torchvision layout, fc removed) -> Linear(2048, 6)",
+                "builder": "common.Master(6, backbone=mlkit.pretrained.resnet152())",
+                "parameters": results["master_params"],
+                "input": {"size": [IMAGE_SIZE, IMAGE_SIZE], "mode": "RGB", "preprocess": "common.preprocess",
+                          "resize": f"any size and format, EXIF-rotated, converted to RGB, bilinear resize to "
+                                    f"{IMAGE_SIZE}x{IMAGE_SIZE}",
+                          "scaling": "uint8 / 255 -> [0, 1], no mean/std normalisation (the backbone's batch-norm "
+                                     "statistics were estimated on such inputs)"},
+                "head": {"file": MASTER_HEAD, "bytes": head.stat().st_size,
+                         "format": "fp32 state dict (weight, bias): torch.load(weights_only=True)",
+                         "trained": "Baseline.ipynb: Adam, batch 32, on the frozen backbone's features of seg_train "
+                                    "less its stratified 20% validation part (seed 0)",
+                         "config": master_config(smoke)},
+                "backbone": {"weights": "mlkit.pretrained.RESNET152: resmem/model.pt inside the resmem 1.1.6 wheel "
+                                        "(its features.* tensors), not committed (233 MB)",
+                             "package": f"{RESNET152.package}=={RESNET152.version}", "member": RESNET152.member,
+                             "sha256": RESNET152.sha256, "cache": f"checkpoints/{RESNET152.cache_name}",
+                             "first_load": BACKBONE_FIRST_LOAD, "licence": "ResMem licence: non-commercial use"},
+                "test_accuracy": results["master_accuracy"]},
+        student={"kind": kind, "architecture": "CompactCNN(6, width=24)" if kind == "cnn" else
+                 "MobileNetStudent(6, head_width=384)",
+                 "file": student.name, "bytes": student.stat().st_size,
+                 "format": "ONNX, int8 static post-training quantization (QDQ: int8 per-channel weights, uint8 "
+                           "activations), run with onnxruntime (CPUExecutionProvider)",
+                 "input": {"name": "image", "size": [side, side], "mode": "RGB", "preprocess":
+                           f"common.preprocess(path, side={side})", "resize": metadata["preprocess"],
+                           "scaling": SCALING[kind]},
+                 "output": "logits; probabilities are their softmax",
+                 "onnx_metadata_props": sorted(metadata),
+                 "parameters": results["student_params"], "run": results["student"],
+                 "test_accuracy": results["student_accuracy"],
+                 "int8_agreement_with_fp32": results["export_agreement"],
+                 "fp16_state_dict": f"{fp16.name} (the PyTorch student before export; not used for prediction)"},
+        output={"columns": OUTPUT_COLUMNS, "agree": "whether the master's and the student's top-1 classes are the "
+                "same", "probability": "softmax probability of the model's top-1 class"},
+        source={"data": results["data"], "profile": results["profile"],
+                "results": "results.json (master_accuracy, student, student_accuracy, export_agreement)"},
+        smoke=smoke)
+
+
+class OnnxClassifier(nn.Module):
+    """An onnxruntime session as a module (float (N, 3, H, W) in, logits out), for `predict_files`."""
+
+    def __init__(self, session):
+        super().__init__()
+        self.session = session
+
+    def forward(self, x):
+        return torch.from_numpy(self.session.run(None, {"image": x.contiguous().numpy()})[0])
+
+
+class DistillationPredictor:
+    """The master and the deployed student on the same files: `predict(inputs)` gives one row per file with
+    both top-1 classes and probabilities and whether they agree."""
+
+    def __init__(self, manifest: dict, master: nn.Module, session):
+        self.manifest, self.classes = manifest, manifest["classes"]
+        self.master, self.student = master.eval(), OnnxClassifier(session)
+        self.student_side = manifest["student"]["input"]["size"][0]
+
+    def predict(self, inputs) -> pd.DataFrame:
+        """Files, folders or a list of them: columns `OUTPUT_COLUMNS` ("" in error, NaN probabilities and
+        an empty `agree` where a file cannot be used)."""
+        master = predict_files(self.master, inputs, preprocess, self.classes, top_k=1)
+        student = predict_files(self.student, inputs, partial(preprocess, side=self.student_side), self.classes,
+                                top_k=1, device="cpu")
+        rows = []
+        for m, s in zip(master, student, strict=True):
+            (mc, mp), (sc, sp) = (r["top"][0] if "top" in r else ("", float("nan")) for r in (m, s))
+            rows.append([Path(m["file"]).name, mc, mp, sc, sp, mc == sc if "top" in m else pd.NA,
+                         m.get("error", "")])
+        table = pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
+        table["agree"] = table["agree"].astype("boolean")
+        return table
+
+    def __repr__(self) -> str:
+        student = self.manifest["student"]
+        return (f"distillation predictor: ResNet-152 master and {student['kind']} int8 ONNX student "
+                f"({student['input']['size'][0]} px), {len(self.classes)} classes, side by side")
+
+
+def master_backbone() -> nn.Module:
+    """The master's ImageNet ResNet-152 from the shared cache (fetched on first use); a missing cache that
+    cannot be filled gives an error that says how to fill it."""
+    cached = PRETRAINED_CACHE / RESNET152.cache_name
+    first = not cached.is_file()
+    if first:
+        print(f"the master's ResNet-152 weights are not in checkpoints/ yet: {BACKBONE_FIRST_LOAD}", flush=True)
+    started = time.perf_counter()
+    try:
+        backbone = resnet152()
+    except (OSError, subprocess.CalledProcessError, StopIteration, ValueError) as error:
+        raise RuntimeError(
+            f"the master's ResNet-152 backbone is not in the shared cache (checkpoints/{RESNET152.cache_name}) and "
+            f"could not be fetched ({type(error).__name__}: {error}). With internet access, run from the "
+            "repository root: python -c 'from mlkit.pretrained import resnet152; resnet152()' (it downloads "
+            f"{RESNET152.package}=={RESNET152.version}'s wheel from PyPI and keeps the checked weights), or copy "
+            f"{RESNET152.cache_name} (sha256 {RESNET152.sha256[:12]}...) into checkpoints/") from error
+    if first:
+        print(f"first load of the ResNet-152 backbone (wheel download included): {time.perf_counter() - started:.1f} s")
+    return backbone
+
+
+def load_predictor(folder=CHECKPOINTS) -> DistillationPredictor:
+    """The predictor `export_predictor` described in `folder`: master head and int8 student from `folder`,
+    the master's backbone from the shared pretrained cache."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    head, student = folder / manifest["master"]["head"]["file"], folder / manifest["student"]["file"]
+    for path in (head, student):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing (named by {folder.name}/predictor.json)")
+    session = onnx_session(student, threads=torch.get_num_threads())
+    metadata = session.get_modelmeta().custom_metadata_map
+    if json.loads(metadata.get("classes", "null")) != manifest["classes"] or \
+            metadata.get("input_size") != str(manifest["student"]["input"]["size"][0]):
+        raise ValueError(f"{student.name}: its metadata_props (classes, input_size) do not match predictor.json; "
+                         "rerun the notebook's export cell")
+    master = Master(len(manifest["classes"]), backbone=master_backbone())
+    master.head.load_state_dict(load_state(head))
+    return DistillationPredictor(manifest, master, session)
+
+
+def demo_inputs(folder=HERE / "runs" / "demo_inputs") -> Path:
+    """The committed seg_pred images of `DEMO` plus the inputs that must be converted or refused, in runs/."""
+    return write_demo_folder(folder, DEMO)

@@ -1,8 +1,14 @@
+import json
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import load_challenge
+from conftest import ROOT, load_challenge
+
+from mlkit.images import list_files
 
 common = load_challenge("distillation")
 
@@ -108,3 +114,102 @@ def test_mobilenet_stem_maps_do_not_depend_on_the_rest_of_the_batch():
     x = torch.rand(4, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(student.stem_maps(x[:1]), student.stem_maps(x)[:1], atol=1e-5)
+
+
+# ---------------------------------------------------------------- the committed predictor
+
+BAD = ["empty.jpg", "corrupt.jpg", "notes.txt.jpg", "notes.txt", "photo.heic", "huge.png"]
+CONVERTED = ["rgba.png", "grayscale.png", "16bit.png", "exif_rotated.jpg"]
+BACKBONE_CACHED = (common.PRETRAINED_CACHE / common.RESNET152.cache_name).is_file()
+needs_backbone = pytest.mark.skipif(not BACKBONE_CACHED, reason="the ResNet-152 weights are not in checkpoints/ "
+                                    "(python -c 'from mlkit.pretrained import resnet152; resnet152()')")
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    """The committed predictor; loads the master's 233 MB backbone once for the module."""
+    return common.load_predictor()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return common.demo_inputs(tmp_path_factory.mktemp("distillation_demo"))
+
+
+@needs_backbone
+def test_committed_predictor_puts_master_and_student_side_by_side(predictor, demo):
+    table = predictor.predict(demo)
+    assert list(table.columns) == common.OUTPUT_COLUMNS
+    assert list(table["file"]) == [p.name for p in list_files(demo)]
+    good = table[table["error"] == ""].set_index("file")
+    assert set(good.index) == {p.name for p in common.DEMO.glob("*.jpg")} | set(CONVERTED)
+    for model in ("master", "student"):
+        assert good[model].isin(predictor.classes).all() and good[f"{model} probability"].between(0, 1).all()
+    assert (good["agree"] == (good["master"] == good["student"])).all()
+    assert not good.loc["11000.jpg", "agree"] and good.drop(["11000.jpg", *CONVERTED])["agree"].all()
+    bad = table.set_index("file").loc[BAD]
+    assert (bad["error"] != "").all() and bad["agree"].isna().all() and (bad["master"] == "").all()
+    assert repr(predictor).startswith("distillation predictor: ResNet-152 master and cnn int8 ONNX student")
+
+
+@needs_backbone
+def test_a_batch_of_only_bad_files_gives_rows_with_errors(predictor, demo, tmp_path):
+    table = predictor.predict([demo / "empty.jpg", demo / "notes.txt", tmp_path / "missing.png"])
+    assert len(table) == 3 and (table["error"] != "").all() and (table["student"] == "").all()
+    assert predictor.predict([]).empty
+
+
+def test_committed_student_onnx_carries_its_metadata():
+    import onnx
+
+    manifest = json.loads((common.CHECKPOINTS / "predictor.json").read_text())
+    props = {p.key: p.value for p in onnx.load(str(common.CHECKPOINTS / manifest["student"]["file"])).metadata_props}
+    assert json.loads(props["classes"]) == manifest["classes"] == ["buildings", "forest", "glacier", "mountain",
+                                                                   "sea", "street"]
+    assert props["input_size"] == "64" == str(manifest["student"]["input"]["size"][0])
+    assert props["scaling"] == manifest["student"]["input"]["scaling"]
+    assert set(manifest["student"]["onnx_metadata_props"]) <= set(props)
+
+
+def test_missing_manifest_gives_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="predictor.json is missing"):
+        common.load_predictor(tmp_path)
+
+
+def test_student_metadata_that_disagrees_with_the_manifest_is_refused(tmp_path):
+    for path in common.CHECKPOINTS.iterdir():
+        shutil.copy(path, tmp_path)
+    onnx_file = tmp_path / "cnn_student_int8.onnx"
+    common.write_onnx_metadata(onnx_file, {"classes": json.dumps(["a", "b", "c", "d", "e", "f"])})
+    with pytest.raises(ValueError, match="do not match predictor.json"):
+        common.load_predictor(tmp_path)
+
+
+def test_a_missing_backbone_that_cannot_be_fetched_says_how_to_get_it(monkeypatch, tmp_path, capsys):
+    def offline():
+        raise subprocess.CalledProcessError(1, ["pip", "download"])
+
+    monkeypatch.setattr(common, "PRETRAINED_CACHE", tmp_path)
+    monkeypatch.setattr(common, "resnet152", offline)
+    with pytest.raises(RuntimeError, match=r"from mlkit.pretrained import resnet152; resnet152\(\)"):
+        common.master_backbone()
+    assert "not in checkpoints/ yet" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not (ROOT / "data" / "intel" / "seg_train").is_dir(), reason="needs the prepared Intel data")
+def test_committed_manifest_is_what_export_writes_from_the_committed_files(tmp_path):
+    folder = tmp_path / "checkpoints"
+    shutil.copytree(common.CHECKPOINTS, folder)
+    shutil.copy(ROOT / "distillation" / "results.json", tmp_path)
+    exported = json.loads(common.export_predictor(folder).read_text())
+    committed = json.loads((common.CHECKPOINTS / "predictor.json").read_text())
+    assert {k: v for k, v in exported.items() if k != "written"} == {k: v for k, v in committed.items()
+                                                                    if k != "written"}
+    student = "cnn_student_int8.onnx"  # its metadata rewritten: the same bytes
+    assert (folder / student).read_bytes() == (common.CHECKPOINTS / student).read_bytes()
+
+
+def test_demo_images_are_small_unlabelled_seg_pred_images():
+    images = sorted(common.DEMO.glob("*.jpg"))
+    assert 4 <= len(images) <= 6 and (common.DEMO / "README.md").is_file()
+    assert sum(p.stat().st_size for p in common.DEMO.iterdir()) < 150_000

@@ -1,10 +1,15 @@
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
-from conftest import load_challenge
+from conftest import ROOT, load_challenge
 from PIL import Image
+from sklearn.metrics import balanced_accuracy_score
 
 from mlkit.images import ImageArrays
+from mlkit.predictors import load_arrays
 
 common = load_challenge("indoor_scene")
 
@@ -99,3 +104,133 @@ def test_preprocess_gives_the_model_input_for_any_image(tmp_path, mode, size):
     Image.new(mode, size).save(path)
     assert common.preprocess(path, 96, "L").shape == (1, 96, 96)
     assert common.preprocess(path, 64, "RGB").shape == (3, 64, 64)
+
+
+# ---------------------------------------------------------------- the committed predictor
+
+BAD = ["empty.jpg", "corrupt.jpg", "notes.txt.jpg", "notes.txt", "photo.heic", "huge.png"]
+HAS_DATA = (ROOT / "data" / "scene15" / "train").is_dir()
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    """The committed predictor: the fp16 model and the training-split hashes."""
+    return common.load_predictor()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return common.demo_inputs(tmp_path_factory.mktemp("indoor_demo"))
+
+
+def test_committed_predictor_answers_every_demo_file(predictor, demo, capsys):
+    table = predictor.predict(demo)
+    assert list(table.columns) == common.TABLE_COLUMNS
+    assert list(table["file"]) == [p.name for p in common.list_files(demo)]
+    good = table[table["error"] == ""]
+    assert set(good["file"]) == {p.name for p in common.DEMO.glob("*.jpg")} | {"rgba.png", "grayscale.png",
+                                                                               "16bit.png", "exif_rotated.jpg"}
+    assert good["prediction"].isin(predictor.classes).all() and good["probability"].between(0, 1).all()
+    samples = good[good["file"].str.endswith("_1.jpg")]
+    assert (samples["prediction"] == samples["file"].str.split("_").str[0]).mean() >= 0.5
+    assert (table.set_index("file").loc[BAD, "error"] != "").all()
+    assert not table["in training split"].any() and "WARNING" not in capsys.readouterr().out
+    assert repr(predictor).startswith("indoor_scene SceneResNet predictor") and len(predictor.classes) == 15
+
+
+def test_a_batch_of_only_bad_files_gives_rows_with_errors(predictor, demo, tmp_path):
+    table = predictor.predict([demo / "empty.jpg", demo / "notes.txt", tmp_path / "missing.png"])
+    assert len(table) == 3 and (table["error"] != "").all() and (table["prediction"] == "").all()
+    assert not table["in training split"].any()
+    assert predictor.predict([]).empty
+
+
+def test_missing_manifest_or_hashes_give_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="predictor.json is missing"):
+        common.load_predictor(tmp_path)
+    shutil.copy(common.CHECKPOINTS / "predictor.json", tmp_path)
+    with pytest.raises(FileNotFoundError, match="is missing"):
+        common.load_predictor(tmp_path)
+
+
+def test_files_of_the_training_split_are_flagged_and_named(predictor, tmp_path, capsys):
+    seen, unseen = tmp_path / "seen.jpg", tmp_path / "unseen.jpg"
+    shutil.copy(common.DEMO / "kitchen_1.jpg", seen)
+    shutil.copy(common.DEMO / "store_1.jpg", unseen)
+    flagged = common.IndoorScenePredictor(predictor.manifest, predictor.model.model, {common.file_key(seen)})
+    table = flagged.predict([seen, unseen])
+    assert list(table["in training split"]) == [True, False]
+    out = capsys.readouterr().out
+    assert "WARNING: 1 file(s) were in the shipped model's training split" in out and "seen.jpg" in out
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+def test_evaluate_scores_a_class_folder_and_reports_what_it_cannot_score(predictor, tmp_path, capsys):
+    folder = common.demo_labelled_folder(tmp_path / "labelled")
+    result = predictor.evaluate(folder)
+    table = result.table.set_index("file")
+    assert list(result.table.columns) == common.EVALUATION_COLUMNS
+    assert not table.loc["bathroom/bathroom_1.jpg", "scored"] and "bathroom" in table.loc["bathroom/bathroom_1.jpg",
+                                                                                           "error"]
+    assert not table.loc["bedroom/empty.jpg", "scored"] and table.loc["bedroom/empty.jpg", "error"] == "empty file"
+    scored = result.table[result.table["scored"]]
+    assert len(scored) == len(list(common.DEMO.glob("*.jpg")))
+    assert result.balanced_accuracy == pytest.approx(balanced_accuracy_score(scored["class"], scored["prediction"]))
+    assert (scored["correct"] == (scored["class"] == scored["prediction"])).all()
+    out = capsys.readouterr().out
+    assert f"balanced accuracy {result.balanced_accuracy:.4f}" in out and "bathroom/bathroom_1.jpg" in out
+
+
+def test_evaluate_reads_a_file_list_relative_to_a_root(predictor, tmp_path):
+    folder = common.demo_labelled_folder(tmp_path / "Images")
+    listing = tmp_path / "TestImages.txt"
+    listing.write_text("kitchen/kitchen_1.jpg\r\nstore/store_1.jpg\n\nstore/missing.jpg\nloose.jpg\n")
+    result = predictor.evaluate(listing, root=folder)
+    assert list(result.table["file"]) == ["kitchen/kitchen_1.jpg", "store/store_1.jpg", "store/missing.jpg",
+                                          "loose.jpg"]
+    assert list(result.table["scored"]) == [True, True, False, False]
+    assert result.table["error"].iloc[3] == "no such file"
+    from_list = predictor.evaluate(["kitchen/kitchen_1.jpg", "store/store_1.jpg"], root=folder)
+    assert from_list.balanced_accuracy == result.balanced_accuracy
+    with pytest.raises(FileNotFoundError, match="neither a class folder nor a file list"):
+        predictor.evaluate(tmp_path / "nothing")
+
+
+def test_evaluate_of_nothing_scorable_gives_nan_not_an_error(predictor, tmp_path):
+    (tmp_path / "bathroom").mkdir()
+    (tmp_path / "bathroom" / "empty.jpg").write_bytes(b"")
+    assert np.isnan(predictor.evaluate(tmp_path).balanced_accuracy)
+
+
+@pytest.mark.skipif(not HAS_DATA, reason="needs the prepared 15-Scene data")
+def test_committed_hashes_flag_the_training_split_and_not_the_validation_split(predictor):
+    data = common.pool("scene15", smoke=False)
+    train, val = common.split(data.labels, seed=0)
+    folder = ROOT / "data" / "scene15"
+    picked = [folder / data.paths[i] for i in (*train[:20], *val[:20])]
+    table = predictor.predict(picked)
+    assert list(table["in training split"]) == [True] * 20 + [False] * 20
+    demo_keys = {common.file_key(p) for p in common.DEMO.glob("*.jpg")}
+    assert not demo_keys & predictor.training_keys  # the demo images are validation images
+
+
+@pytest.mark.skipif(not HAS_DATA, reason="needs the prepared 15-Scene data")
+def test_committed_manifest_is_what_export_writes_from_the_committed_files(tmp_path):
+    folder = tmp_path / "checkpoints"
+    shutil.copytree(common.CHECKPOINTS, folder)
+    (folder / common.TRAINING_HASHES).unlink()
+    shutil.copy(ROOT / "indoor_scene" / "results.json", tmp_path)
+    exported = json.loads(common.export_predictor(folder).read_text())
+    committed = json.loads((common.CHECKPOINTS / "predictor.json").read_text())
+    assert {k: v for k, v in exported.items() if k != "written"} == {k: v for k, v in committed.items()
+                                                                    if k != "written"}
+    assert np.array_equal(load_arrays(folder / common.TRAINING_HASHES)["sha256_64"],
+                          load_arrays(common.CHECKPOINTS / common.TRAINING_HASHES)["sha256_64"])
+    assert "trained on the training part (80%) of split seed 0 only" in exported["training"]["note"]
+
+
+def test_demo_images_are_small_validation_images_named_by_class(predictor):
+    images = sorted(common.DEMO.glob("*.jpg"))
+    assert 4 <= len(images) <= 6 and (common.DEMO / "README.md").is_file()
+    assert sum(p.stat().st_size for p in common.DEMO.iterdir()) < 150_000
+    assert {p.stem.rsplit("_", 1)[0] for p in images} <= set(predictor.classes)
