@@ -216,11 +216,15 @@ def write_demo_folder(folder, samples) -> Path:
     folder = Path(folder)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    if isinstance(samples, (str, Path)):
-        samples = {path.name: load_image(path) for path in list_images(samples)}
-    for name, image in samples.items():
-        Image.fromarray(image).save(folder / name)
-    first = Image.fromarray(next(iter(samples.values())))
+    if isinstance(samples, (str, Path)):  # real files are copied as they are (bytes, format, EXIF)
+        files = list_images(samples)
+        for path in files:
+            shutil.copy2(path, folder / path.name)
+        first = Image.fromarray(load_image(files[0]))
+    else:
+        for name, image in samples.items():
+            Image.fromarray(image).save(folder / name)
+        first = Image.fromarray(next(iter(samples.values())))
     first.convert("RGBA").save(folder / "rgba.png")
     first.convert("L").save(folder / "grayscale.png")
     Image.fromarray(np.asarray(first.convert("L"), np.uint16) * 257).save(folder / "16bit.png")

@@ -241,7 +241,8 @@ def test_demo_folder_takes_a_folder_of_samples(tmp_path):
     (tmp_path / "samples").mkdir()
     solid(tmp_path / "samples" / "cat_1.png", (9, 9, 9))
     folder = images.write_demo_folder(tmp_path / "demo", tmp_path / "samples")
-    assert (folder / "cat_1.png").is_file() and (folder / "16bit.png").is_file()
+    assert (folder / "cat_1.png").read_bytes() == (tmp_path / "samples" / "cat_1.png").read_bytes()
+    assert (folder / "16bit.png").is_file()
 
 
 def test_exif_orientation_is_applied(tmp_path):
