@@ -12,6 +12,7 @@ classification problem: logits (M, vocab) against targets (M,).
 """
 import copy
 import functools
+import json
 import math
 import re
 import time
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from scipy import sparse
@@ -27,9 +29,14 @@ from scipy.sparse.linalg import svds
 from torch import nn
 
 from mlkit.datasets import prepare
+from mlkit.predictors import read_manifest, write_manifest
+from mlkit.results import load_results
 from mlkit.runtime import pick_device, seed_everything
 from mlkit.train import fit, load_state
 
+CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+WEIGHTS = "mlm_best.pt"  # the best model, saved by the notebook's checkpoint cell (`save_checkpoint`)
+VOCAB_FILE = "vocab.json"  # its vocabulary, `Vocab.itos` as a JSON list, written by `export_predictor`
 UNK, MASK = "<unk>", "<mask>"
 UNK_ID, MASK_ID = 0, 1  # every vocabulary starts with these two
 MASK_RATE = 0.1
@@ -79,6 +86,16 @@ class Vocab:
         words = sorted(self.counts.keys() - {UNK, MASK}, key=lambda w: (-self.counts[w], w))
         self.itos = [UNK, MASK, *words]
         self.stoi = {word: i for i, word in enumerate(self.itos)}
+
+    @classmethod
+    def from_words(cls, itos: list[str]) -> "Vocab":
+        """The vocabulary of an exported word list (`itos` order; no counts: every frequency is 0)."""
+        if list(itos[:2]) != [UNK, MASK] or len(set(itos)) != len(itos):
+            raise ValueError(f"a vocabulary starts with {UNK!r}, {MASK!r} and lists every word once")
+        vocab = cls([])
+        vocab.itos = list(itos)
+        vocab.stoi = {word: i for i, word in enumerate(vocab.itos)}
+        return vocab
 
     def __len__(self) -> int:
         return len(self.itos)
@@ -398,20 +415,46 @@ def load_checkpoint(path: Path, vocab: Vocab) -> MaskedLM:
 
 
 # ---------------------------------------------------------------- fill in the blanks
+TOKEN = re.compile(r"\[mask\]|\w+|[^\w\s]")
+
+
+def sentence_tokens(sentence: str) -> list[str]:
+    """Lowercase words and punctuation marks as separate tokens; `[MASK]` (any case) stays one token."""
+    return TOKEN.findall(sentence.lower())
+
+
 def sentence_ids(sentence: str, vocab: Vocab) -> torch.Tensor:
-    """Lowercase words and punctuation marks as separate tokens; `[MASK]` (any case) becomes `<mask>`."""
-    tokens = re.findall(r"\[mask\]|\w+|[^\w\s]", sentence.lower())
-    return torch.tensor([MASK_ID if t == "[mask]" else vocab.stoi.get(t, UNK_ID) for t in tokens])
+    """`sentence_tokens` as ids; `[MASK]` becomes `<mask>`, words outside the vocabulary `<unk>`."""
+    return token_ids(sentence_tokens(sentence), vocab)
+
+
+def token_ids(tokens: list[str], vocab: Vocab) -> torch.Tensor:
+    return torch.tensor([MASK_ID if t == "[mask]" else vocab.stoi.get(t, UNK_ID) for t in tokens], dtype=torch.long)
 
 
 @torch.no_grad()
-def fill_mask(model: nn.Module, vocab: Vocab, sentence: str, k: int = 5) -> list[list[tuple[str, float]]]:
-    """The top-k words and their probabilities for each `[MASK]`, renormalised over real words (no specials)."""
+def fill_mask(model: nn.Module, vocab: Vocab, sentence: str, k: int = 5,
+              window: int = EVAL_SEQ_LEN) -> list[list[tuple[str, float]]]:
+    """The top-k words and their probabilities for each `[MASK]`, renormalised over real words (no specials).
+    A text longer than `window` tokens is cut into consecutive windows of `window` tokens, as in training and
+    evaluation: each `[MASK]` is predicted from the window that contains it."""
     ids = sentence_ids(sentence, vocab)
     if not (ids == MASK_ID).any():
         raise ValueError(f"no [MASK] in {sentence!r}")
+    return fill_ids(model, vocab, ids, k, window)
+
+
+@torch.no_grad()
+def fill_ids(model: nn.Module, vocab: Vocab, ids: torch.Tensor, k: int = 5,
+             window: int = EVAL_SEQ_LEN) -> list[list[tuple[str, float]]]:
+    """`fill_mask` of a token-id sequence: one candidate list per `<mask>`, in the order they occur."""
     model.eval()
-    logits = model(pack(ids[None], (ids == MASK_ID)[None])).float()
+    windows = [w for w in ids.split(window) if (w == MASK_ID).any()]
+    logits = []
+    for length in dict.fromkeys(len(w) for w in windows):  # full windows in one batch, the shorter last one alone
+        batch = torch.stack([w for w in windows if len(w) == length])
+        logits.append(model(pack(batch, batch == MASK_ID)).float())
+    logits = torch.cat(logits)  # windows in order, masks row-major: the masks' order in the text
     logits[:, [UNK_ID, MASK_ID]] = -math.inf
     probs, top = logits.softmax(-1).topk(k, -1)
     return [[(vocab.itos[i], p) for i, p in zip(row.tolist(), prob.tolist())] for row, prob in zip(top, probs)]
@@ -486,3 +529,142 @@ def unrestricted_configs(same_resources: dict, smoke: bool = False) -> dict[str,
                 "unrestricted_all_changes_random_init", smoke, **(ALL_CHANGES | LONGER | {"ppmi_init": False})),
             "same-resources model, 4x longer (12 epochs)": make_config("unrestricted_same_resources", smoke,
                                                                        **(recipe(same_resources) | LONGER))}
+
+
+# ---------------------------------------------------------------- the committed predictor
+TOP_K = 5
+DEMO_SENTENCES = ("the [MASK] of the united states", "he was born in [MASK] and died in 1990 .",
+                  "the river flows into the [MASK] sea .")
+LONG_TEXT = ("the city lies on the north bank of the river , and its old town was built around a castle . "
+             "in the nineteenth century the railway reached the city , and the population grew quickly . ")
+
+
+def export_predictor(folder=CHECKPOINTS, smoke: bool = False) -> Path:
+    """`folder/predictor.json` and `folder/vocab.json` for the model the notebook saved there (`WEIGHTS`): the
+    vocabulary is rebuilt from the training split its configuration names (the prepared data), the scores come
+    from the results.json beside `folder`; reads files only."""
+    folder = Path(folder)
+    weights = folder / WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} is missing: the notebook's checkpoint cell saves it")
+    config = torch.load(weights, map_location="cpu", weights_only=True)["config"]
+    vocab = load_corpus(config["protocol"], config["limit"]).vocab
+    model = load_checkpoint(weights, vocab)  # the vocabulary fits the saved embedding, or this raises
+    (folder / VOCAB_FILE).write_text(json.dumps(vocab.itos, ensure_ascii=False) + "\n", encoding="utf-8")
+    train_file, dev_file, _ = PROTOCOLS[config["protocol"]]
+    training_files = train_file + (" minus its held-out 10% of articles (seed 0)" if dev_file is None else "")
+    results = load_results(folder.parent) if (folder.parent / "results.json").is_file() else {}
+    scores = results.get("models", {}).get(results.get("unrestricted_model"), {})
+    return write_manifest(
+        folder, challenge="mlm", task="masked-word prediction: the most likely words for each [MASK] of a text",
+        model={"class": "common.MaskedLM", "builder": "common.make_model(config, vocab)",
+               "config": {key: config[key] for key in MODEL_KEYS}, "parameters": count_parameters(model),
+               "max_length": model.pos_encoder.pe.shape[0],
+               "output": "logits over the vocabulary at the masked positions; probabilities are their softmax "
+                         "over real words (<unk> and <mask> excluded)"},
+        vocabulary={"file": VOCAB_FILE, "words": len(vocab), "specials": [UNK, MASK],
+                    "format": "JSON list of the words in id order",
+                    "source": f"the training split of the {config['protocol']} protocol: {training_files}"
+                              + (f", its first {config['limit']:,} tokens" if config["limit"] else "")
+                              + "; lowercased WikiText tokens by decreasing frequency",
+                    "unknown": "words outside the vocabulary become <unk>"},
+        input={"tokenizer": "common.sentence_tokens: lowercased, words (\\w+) and punctuation marks as separate "
+                            "tokens, [MASK] (any case) one token; WikiText's @-@ conventions are not reproduced",
+               "window": config["bptt"], "eval_window": EVAL_SEQ_LEN,
+               "windows": f"a text longer than {config['bptt']} tokens is cut into consecutive {config['bptt']}-token "
+                          "windows, as in training and evaluation; each [MASK] is predicted from the window "
+                          "that contains it"},
+        top_k=TOP_K,
+        weights={"file": WEIGHTS, "bytes": weights.stat().st_size,
+                 "format": "{config, state_dict} with fp16 floats: torch.load(weights_only=True), the positional "
+                           "table recomputed (common.load_checkpoint)"},
+        source={"run": config["name"], "recipe": recipe(config), "epochs": config["epochs"],
+                "data": results.get("data"), "profile": results.get("profile"),
+                "test": {key: scores.get(key) for key in ("perplexity", "top1", "top5", "positions")},
+                "train_seconds": scores.get("train_seconds"), "results": "results.json (unrestricted_model)"},
+        smoke=smoke)
+
+
+class MlmPredictor:
+    """The saved model and its vocabulary: `predict(sentences)` gives one row per [MASK]."""
+
+    def __init__(self, manifest: dict, model: MaskedLM, vocab: Vocab):
+        self.manifest, self.model, self.vocab = manifest, model.eval(), vocab
+        self.window, self.top_k = manifest["input"]["window"], manifest["top_k"]
+
+    def predict(self, sentences) -> pd.DataFrame:
+        """A string or a list of strings: columns sentence (its index), mask (1, 2, ... within the sentence),
+        position (token index), context, prediction, probability, top words, error. A sentence that cannot be
+        scored (not text, empty, no [MASK]) gets one row with its error."""
+        sentences = [sentences] if isinstance(sentences, str) or not isinstance(sentences, list | tuple) \
+            else sentences
+        rows = []
+        for index, sentence in enumerate(sentences):
+            try:
+                rows += [{"sentence": index, **row, "error": ""} for row in self._fill(sentence)]
+            except ValueError as e:
+                rows.append({"sentence": index, "context": "", "prediction": "", f"top {self.top_k}": "",
+                             "error": str(e)})
+        columns = ["sentence", "mask", "position", "context", "prediction", "probability", f"top {self.top_k}",
+                   "error"]
+        return pd.DataFrame(rows, columns=columns).astype({"mask": "Int64", "position": "Int64", "probability": float})
+
+    def _fill(self, sentence) -> list[dict]:
+        if not isinstance(sentence, str):
+            raise ValueError(f"expected a text, got {type(sentence).__name__}")
+        tokens = sentence_tokens(sentence)
+        if not tokens:
+            raise ValueError("empty sentence")
+        ids = token_ids(tokens, self.vocab)
+        positions = (ids == MASK_ID).nonzero().flatten().tolist()
+        if not positions:
+            raise ValueError(f"no [MASK] in {shorten(sentence)!r}")
+        filled = fill_ids(self.model, self.vocab, ids, self.top_k, self.window)
+        return [{"mask": n, "position": position, "context": context(tokens, position),
+                 "prediction": top[0][0], "probability": round(top[0][1], 4),
+                 f"top {self.top_k}": ", ".join(f"{word} {p:.3f}" for word, p in top)}
+                for n, (position, top) in enumerate(zip(positions, filled), 1)]
+
+    def __repr__(self) -> str:
+        test = self.manifest["source"]["test"]
+        quality = f", test top-1 {test['top1']:.1%}" if test.get("top1") is not None else ""
+        return (f"mlm masked-word predictor ({self.manifest['source']['run']}), {len(self.vocab):,} words, "
+                f"{self.window}-token windows, top {self.top_k}{quality}")
+
+
+def shorten(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def context(tokens: list[str], position: int, width: int = 4) -> str:
+    """The tokens around `position`, the masked one shown as [MASK]."""
+    left, right = tokens[max(0, position - width):position], tokens[position + 1:position + 1 + width]
+    return " ".join(["..."] * (position > width) + left + ["[MASK]"] + right + ["..."] * (
+        position + 1 + width < len(tokens)))
+
+
+def load_predictor(folder=CHECKPOINTS) -> MlmPredictor:
+    """The predictor `export_predictor` described in `folder` (its manifest, vocabulary and fp16 weights only)."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    paths = {name: folder / manifest[key]["file"] for name, key in (("weights", "weights"), ("vocab", "vocabulary"))}
+    for path in paths.values():
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing (named by {folder.name}/predictor.json)")
+    vocab = Vocab.from_words(json.loads(paths["vocab"].read_text(encoding="utf-8")))
+    return MlmPredictor(manifest, load_checkpoint(paths["weights"], vocab), vocab)
+
+
+def long_text(words: int = 6_000, masks: tuple[int, ...] = (40, 5_950)) -> str:
+    """`words` words of plain text with [MASK] at the word indices `masks`: longer than the model's positions."""
+    base = LONG_TEXT.split()
+    text = [base[i % len(base)] for i in range(words)]
+    for i in masks:
+        text[i] = "[MASK]"
+    return " ".join(text)
+
+
+def demo_inputs() -> list[str]:
+    """The notebook's sentences, then inputs that must be refused with a reason (empty, no [MASK]) and a text
+    of 6,000 words with two [MASK]s (longer than the model's 5,000 positions: scored window by window)."""
+    return [*DEMO_SENTENCES, "", "a sentence without a blank .", long_text()]

@@ -3,19 +3,25 @@ prediction of the neural models, their evaluation, and GO-term prediction for ne
 
 Data and label space live in `proteins.py`, the networks in `networks.py`, the CAFA metrics in `evaluation.py`.
 """
+import hashlib
+import json
 import math
+import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from mlkit.datasets import DATA_ROOT
+from mlkit.datasets import DATA_ROOT, MARKER, DataError
 from mlkit.experiments import cached_array, run_dir
+from mlkit.predictors import load_arrays, read_manifest, save_arrays, write_manifest
+from mlkit.results import load_results
 from mlkit.runtime import seed_everything
-from mlkit.train import fit, load_state, predict_logits
+from mlkit.train import fit, load_half, load_state, parameter_count, predict_logits
 
 from evaluation import (
     bootstrap_difference,
@@ -26,11 +32,24 @@ from evaluation import (
     threshold_counts,
 )
 from networks import TALE, DeepGOCNN, TALELoss
-from proteins import ONTOLOGIES, Ontology, Proteins, encode, load_ontology, test_proteins, training_proteins
+from proteins import (
+    ONTOLOGIES,
+    RESIDUES,
+    SWISSPROT_PACKAGE,
+    Ontology,
+    Proteins,
+    encode,
+    load_ontology,
+    test_proteins,
+    training_proteins,
+)
 
 __all__ = ["ONTOLOGIES", "Ontology", "Proteins", "bootstrap_difference", "evaluate", "load_ontology", "test_proteins",
            "training_proteins"]
 
+HERE = Path(__file__).resolve().parent
+CHECKPOINTS = HERE / "checkpoints"
+REFERENCE_FOLDER = HERE / "runs" / "blast_reference"  # BLAST databases of the predictor, built on first use
 MAX_LENGTH = 1000  # TALE's MAXLEN: longer sequences are cut to their first 1,000 residues at test time
 PROFILES = {
     # train/val: proteins drawn from Swiss-Prot 2014 (BLAST database and training set alike)
@@ -46,12 +65,17 @@ def load_split(ontology: str, profile: str, seed: int = 0, root=DATA_ROOT) -> di
     TALE's test proteins (all of them in the full profile)."""
     sizes = PROFILES[profile]
     pool = training_proteins(ontology, root)
-    order = np.random.default_rng(seed).permutation(len(pool))
+    train, val = pool_selection(len(pool), sizes["train"], sizes["val"], seed)
     test = test_proteins(ontology, root)
     if sizes["test"]:
         test = test.subset(np.random.default_rng(seed).permutation(len(test))[:sizes["test"]])
-    return {"go": load_ontology(ontology, root), "train": pool.subset(np.sort(order[:sizes["train"]])),
-            "val": pool.subset(np.sort(order[sizes["train"]:sizes["train"] + sizes["val"]])), "test": test}
+    return {"go": load_ontology(ontology, root), "train": pool.subset(train), "val": pool.subset(val), "test": test}
+
+
+def pool_selection(pool_size: int, train: int, val: int = 0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted pool indices of the `train` and `val` proteins: the first ones of a seeded permutation of the pool."""
+    order = np.random.default_rng(seed).permutation(pool_size)
+    return np.sort(order[:train]), np.sort(order[train:train + val])
 
 
 class ProteinLoader:
@@ -112,17 +136,27 @@ def write_fasta(proteins: Proteins, path: Path) -> None:
             f.write(f">{i}\n{proteins.sequence(i)}\n")
 
 
-def blast_hits(train: Proteins, queries: Proteins, threads: int = 2, evalue: float = 1e-3) -> pd.DataFrame:
-    """blastp of every query against the training proteins: (query, subject, bitscore) rows, self-hits
-    excluded (E-value <= `evalue`, at most 100 targets per query)."""
+def make_blast_database(proteins: Proteins, prefix: Path) -> Path:
+    """A BLAST protein database of `proteins` at `prefix` (sequence ids: their indices)."""
+    prefix = Path(prefix)
+    fasta = prefix.with_name(prefix.name + ".fa")
+    write_fasta(proteins, fasta)
+    subprocess.run(["makeblastdb", "-in", fasta.name, "-dbtype", "prot", "-out", prefix.name], cwd=prefix.parent,
+                   check=True, capture_output=True)
+    fasta.unlink()
+    return prefix
+
+
+def blast_hits(train: Proteins, queries: Proteins, threads: int = 2, evalue: float = 1e-3,
+               database: Path | None = None) -> pd.DataFrame:
+    """blastp of every query against the training proteins (or their ready-made `database`): (query, subject,
+    bitscore) rows, self-hits excluded (E-value <= `evalue`, at most 100 targets per query)."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        write_fasta(train, tmp / "train.fa")
+        database = database or make_blast_database(train, tmp / "db")
         write_fasta(queries, tmp / "query.fa")
-        subprocess.run(["makeblastdb", "-in", str(tmp / "train.fa"), "-dbtype", "prot", "-out", str(tmp / "db")],
-                       check=True, capture_output=True)
         result = subprocess.run(
-            ["blastp", "-query", str(tmp / "query.fa"), "-db", str(tmp / "db"), "-evalue", str(evalue),
+            ["blastp", "-query", str(tmp / "query.fa"), "-db", str(database), "-evalue", str(evalue),
              "-max_target_seqs", "100", "-num_threads", str(threads), "-outfmt", "6 qseqid sseqid bitscore"],
             check=True, capture_output=True, text=True)
     rows = [line.split("\t") for line in result.stdout.splitlines()]
@@ -218,6 +252,16 @@ def fmax(y_true: np.ndarray, scores: np.ndarray) -> float:
     return fmax_from_counts(threshold_counts(y_true, scores))[0]
 
 
+BLEND_WEIGHTS = np.round(np.linspace(0, 1, 11), 1)  # the network weights `blend_weight` chooses from
+
+
+def blend_weight(y_true: np.ndarray, network: np.ndarray, blast: np.ndarray,
+                 weights=BLEND_WEIGHTS) -> tuple[float, list[float]]:
+    """The network weight of `ensemble` with the highest Fmax on (validation) proteins, and every weight's Fmax."""
+    fmaxes = [fmax(y_true, ensemble(network, blast, w)) for w in weights]
+    return float(weights[int(np.argmax(fmaxes))]), fmaxes
+
+
 def term_information(split: dict) -> np.ndarray:
     """Information content of every term from the training proteins' annotations (for Smin)."""
     return information_content(split["train"].label_matrix(len(split["go"])), split["go"].parents)
@@ -225,49 +269,148 @@ def term_information(split: dict) -> np.ndarray:
 
 # ---------------------------------------------------------------- new sequences
 
+MIN_LENGTH = 10  # fewer residues than this: refused (no GO term can be read from a peptide that short)
+NUCLEOTIDES = "ACGTUN"
+NUCLEOTIDE_SHARE = 0.9  # a record whose letters are more than 90% A/C/G/T/U/N is taken for DNA/RNA
+
+
 def read_sequences(text_or_path) -> list[tuple[str, str]]:
-    """(name, sequence) pairs from pasted text or a FASTA file: FASTA records, or one bare sequence."""
-    path = Path(text_or_path) if isinstance(text_or_path, Path) or (
-        isinstance(text_or_path, str) and "\n" not in text_or_path and len(text_or_path) < 4096
-        and Path(text_or_path).is_file()) else None
-    text = path.read_text() if path else str(text_or_path)
-    if not text.strip():
-        raise ValueError("no sequence given: paste a protein sequence or pass a FASTA file")
-    if not text.lstrip().startswith(">"):
-        return [("query", text)]
-    records = []
-    for block in text.split(">")[1:]:
-        header, _, body = block.partition("\n")
-        records.append((header.strip() or f"sequence {len(records) + 1}", body))
+    """(name, sequence text) pairs of pasted text or a FASTA file: FASTA records (lines before the first header
+    form one record named "query"), or one bare sequence ("query"). Nothing is checked here (`clean_sequence`
+    does it): an empty text is one empty record, a header alone a record with an empty sequence."""
+    path = fasta_file(text_or_path)
+    if path is None and not isinstance(text_or_path, str):
+        raise TypeError(f"expected FASTA text, a sequence or a FASTA file, not {type(text_or_path).__name__}")
+    text = path.read_text() if path else text_or_path
+    records, name, lines = [], None, []
+    for line in text.splitlines():
+        if line.lstrip().startswith(">"):
+            if name is not None or "".join(lines).strip():
+                records.append((name or "query", "\n".join(lines)))
+            name, lines = line.lstrip()[1:].strip() or f"sequence {len(records) + 1}", []
+        elif not line.startswith(";"):  # FASTA comment lines
+            lines.append(line)
+    if name is not None or "".join(lines).strip() or not records:
+        records.append((name or "query", "\n".join(lines)))
     return records
 
 
-def predict_go_terms(model: torch.nn.Module, go: Ontology, text_or_path, top: int = 10,
-                     reference: Proteins | None = None, weight: float = 1.0) -> pd.DataFrame:
-    """The `top` GO terms (with names and scores) of each sequence in `text_or_path`. With `reference` (annotated
-    proteins), the network's scores are combined with BLAST against them (`ensemble`, network `weight`).
-    A sequence that cannot be read gets a row with its error; the others are still predicted."""
-    records = read_sequences(text_or_path)
-    readable, codes, rows = [], [], []
-    for position, (name, sequence) in enumerate(records):
+def fasta_file(text_or_path) -> Path | None:
+    """`text_or_path` as a file to read: a Path, or a one-line string naming an existing file (never pasted
+    sequence text, however long)."""
+    if isinstance(text_or_path, Path):
+        return text_or_path
+    if not isinstance(text_or_path, str) or "\n" in text_or_path.strip() or text_or_path.lstrip().startswith(">"):
+        return None
+    try:
+        path = Path(text_or_path.strip())
+        return path if path.is_file() else None
+    except (OSError, ValueError):  # a name too long for the file system, a NUL character
+        return None
+
+
+def clean_sequence(text) -> str:
+    """The residues of one record: whitespace removed, upper case, a final stop `*` dropped; a ValueError saying
+    why it is not a protein sequence (empty, letters outside the amino-acid alphabet, too short, DNA/RNA)."""
+    if not isinstance(text, str):
+        raise ValueError(f"expected a protein sequence as text, not {type(text).__name__}")
+    sequence = "".join(text.split()).upper()
+    sequence = sequence[:-1] if sequence.endswith("*") else sequence  # the stop codon of a translated gene
+    if not sequence:
+        raise ValueError("empty sequence: the record has no residues")
+    invalid = "".join(sorted(set(sequence) - set(RESIDUES)))
+    if invalid:
+        raise ValueError(f"invalid residue letter(s) {invalid!r}: expected the amino-acid alphabet {RESIDUES} "
+                         "(and at most a final '*')")
+    if len(sequence) < MIN_LENGTH:
+        raise ValueError(f"too short for a protein: {len(sequence)} residues (at least {MIN_LENGTH})")
+    share = sum(sequence.count(letter) for letter in NUCLEOTIDES) / len(sequence)
+    if share > NUCLEOTIDE_SHARE:
+        raise ValueError(f"looks like DNA/RNA, not a protein: {share:.0%} of its letters are "
+                         f"{'/'.join(NUCLEOTIDES)} (translate it first)")
+    return sequence
+
+
+def read_records(inputs) -> list[dict]:
+    """{name, sequence, error} of every record of `inputs` (pasted text, a FASTA file, or a list of them), in
+    order: the cleaned sequence (`clean_sequence`), or "" and why it cannot be predicted."""
+    records = []
+    for item in inputs if isinstance(inputs, list | tuple) else [inputs]:
         try:
-            codes.append(encode(sequence))
-            readable.append(position)
-        except ValueError as e:
-            rows.append({"record": position, "sequence": name, "error": str(e)})
-    if codes:
-        queries = Proteins.from_lists([records[p][0] for p in readable], codes, [[] for _ in codes])
-        scores = predict(model, queries, len(go))
-        if reference is not None:
-            hits = blast_hits(reference, queries)
-            scores = ensemble(scores, blast_scores(hits, reference, len(go), len(queries)), weight)
-        for position, row in zip(readable, consistent(scores, go)):
-            for rank, term in enumerate(np.argsort(-row)[:top], 1):
-                rows.append({"record": position, "sequence": records[position][0], "rank": rank,
-                             "go_id": go.ids[term], "name": go.names[term], "score": round(float(row[term]), 3),
-                             "error": ""})
-    columns = ["sequence", "rank", "go_id", "name", "score", "error"]
-    return pd.DataFrame(rows).sort_values(["record", "rank"], kind="stable", na_position="first")[columns]
+            found = read_sequences(item)
+        except (OSError, UnicodeDecodeError, TypeError) as e:
+            name = item.name if isinstance(item, Path) else str(item)[:60]
+            records.append({"name": name, "sequence": "", "error": f"cannot read the input: {e}"})
+            continue
+        for name, text in found:
+            try:
+                records.append({"name": name, "sequence": clean_sequence(text), "error": ""})
+            except ValueError as e:
+                records.append({"name": name, "sequence": "", "error": str(e)})
+    return records
+
+
+def go_term_scores(model: torch.nn.Module, go: Ontology, sequences: list[str], reference: Proteins | None = None,
+                   weight: float = 1.0, database: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(scores [sequences, terms], has_hit [sequences]): the network's hierarchy-consistent scores (its first
+    `MAX_LENGTH` residues), combined with BLAST of the whole sequences against `reference` (annotated proteins,
+    or their ready-made `database`) by `ensemble` with network `weight` where BLAST finds a hit, as validated."""
+    queries = Proteins.from_lists([str(i) for i in range(len(sequences))], [encode(s) for s in sequences],
+                                  [[] for _ in sequences])
+    scores = consistent(predict(model, queries, len(go)), go)
+    if reference is None:
+        return scores, np.zeros(len(sequences), dtype=bool)
+    blast = blast_scores(blast_hits(reference, queries, database=database), reference, len(go), len(queries))
+    return ensemble(scores, blast, weight), blast.any(1)
+
+
+def top_terms(scores: np.ndarray, go: Ontology, top: int) -> list[tuple[int, float]]:
+    """The `top` best-scoring terms of one protein below the root (which every protein has), best first."""
+    roots = set(go.roots)
+    order = [t for t in np.argsort(-scores, kind="stable")[:top + len(roots)] if t not in roots]
+    return [(int(t), float(scores[t])) for t in order[:top]]
+
+
+GO_TERM_COLUMNS = ["record", "sequence", "length", "ontology", "top term", "score", "top terms", "scored by", "error"]
+
+
+def go_term_rows(records: list[dict], model: torch.nn.Module, go: Ontology, top: int = 5, network: str = "network",
+                 reference: Proteins | None = None, weight: float = 1.0, database: Path | None = None,
+                 without_blast: str = "") -> list[dict]:
+    """One row per record (`read_records`) for ontology `go`: its `top` terms with their scores, what scored them
+    (`without_blast`: why BLAST was not used), or the record's error."""
+    readable = [i for i, r in enumerate(records) if not r["error"]]
+    scores, has_hit = go_term_scores(model, go, [records[i]["sequence"] for i in readable], reference, weight,
+                                     database) if readable else ([], [])
+    found = dict(zip(readable, zip(scores, has_hit)))
+    rows = []
+    for i, record in enumerate(records):
+        row = {"record": i, "sequence": record["name"], "length": len(record["sequence"]) or None,
+               "ontology": go.name, "top term": "", "top terms": "", "scored by": "", "error": record["error"]}
+        if i in found:
+            terms = top_terms(found[i][0], go, top)
+            if reference is None:
+                scored_by = f"{network} alone" + (f": {without_blast}" if without_blast else "")
+            else:
+                scored_by = f"{network} + BLAST (network weight {weight:g})" if found[i][1] else \
+                    f"{network} (no BLAST hit)"
+            row |= {"top term": f"{go.ids[terms[0][0]]} {go.names[terms[0][0]]}", "score": round(terms[0][1], 3),
+                    "top terms": "; ".join(f"{go.ids[t]} {go.names[t]} {p:.2f}" for t, p in terms),
+                    "scored by": scored_by}
+        rows.append(row)
+    return rows
+
+
+def go_term_table(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=GO_TERM_COLUMNS).astype({"length": "Int64", "score": float})
+
+
+def predict_go_terms(model: torch.nn.Module, go: Ontology, inputs, top: int = 5, reference: Proteins | None = None,
+                     weight: float = 1.0) -> pd.DataFrame:
+    """The `top` GO terms of `go` (with names and scores) of each record of `inputs` (`read_records`), one row per
+    record. With `reference` (annotated proteins), BLAST against them is combined with the network (`ensemble`,
+    network `weight`). A record that cannot be read gets a row with its error; the others are still predicted."""
+    return go_term_table(go_term_rows(read_records(inputs), model, go, top, reference=reference, weight=weight))
 
 
 # ---------------------------------------------------------------- the experiments of the notebooks
@@ -356,3 +499,286 @@ def plot_precision_recall(ax, y_true: np.ndarray, scores: dict[str, np.ndarray])
         ax.plot(recall[best], precision[best], "o", color=line.get_color())
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1))
     ax.legend(fontsize=8)
+
+
+# ---------------------------------------------------------------- the committed predictor
+
+NETWORK = "tale_minor"  # the deployed network (see the Challenge notebook's conclusions for why)
+TOP_K = 5
+BLAST_RECIPE = {"program": "blastp", "evalue": 1e-3, "max_target_seqs": 100,
+                "scores": "bitscore-weighted share of the hits annotated with each term (common.blast_scores)"}
+
+
+def weights_file(ontology: str) -> str:
+    return f"{NETWORK}_{ontology}.pt"
+
+
+def terms_file(ontology: str) -> str:
+    return f"{NETWORK}_{ontology}_terms.npz"
+
+
+def swissprot_source(root=DATA_ROOT) -> str:
+    marker = Path(root) / "swissprot2014" / MARKER
+    package = json.loads(marker.read_text()).get("source") if marker.is_file() else None
+    return f"Swiss-Prot January 2014 with GO annotations, Debian package {package or SWISSPROT_PACKAGE}"
+
+
+def accessions_digest(accessions) -> str:
+    return hashlib.sha256("\n".join(map(str, accessions)).encode()).hexdigest()
+
+
+def reference_recipe(ontology: str, profile: str, seed: int = 0, root=DATA_ROOT) -> dict:
+    """Which proteins BLAST searches: the training proteins of `load_split`, as counts, seed and a digest of their
+    accessions (reads the prepared training pool)."""
+    pool = training_proteins(ontology, root)
+    train, _ = pool_selection(len(pool), PROFILES[profile]["train"], seed=seed)
+    return {"source": swissprot_source(root),
+            "pool": f"proteins.training_proteins({ontology!r}): the proteins annotated in the ontology, mapped into "
+                    "TALE's label space, TALE's test accessions and sequences removed",
+            "pool_size": len(pool), "seed": seed, "count": len(train),
+            "selection": "common.pool_selection(pool_size, count, seed=seed): the first `count` proteins of "
+                         "numpy.random.default_rng(seed).permutation(pool_size), in pool order (the training "
+                         "proteins of common.load_split)",
+            "accessions_sha256": accessions_digest(pool.accessions[train])}
+
+
+def exported_blend(ontology: str, go: Ontology, config: dict, profile: str, results: dict, runs: Path,
+                   weights: Path, model: torch.nn.Module | None = None) -> dict:
+    """The blend weight of the deployed network for `ontology` and where it comes from. Recomputed by
+    `blend_weight` on the validation proteins when their scores are cached in `runs`: the notebook's, or those of
+    the saved network (`weights`) that an export with its `model` computed (minutes of CPU) and cached; else the
+    notebook's choice as results.json holds it."""
+    key = f"{NETWORK}_{ontology}"
+    noted = results.get("blend_weights", {}).get(key)
+    notebook_cache = run_dir(runs, config) / "scores_val.npy"
+    saved_cache = Path(runs) / "blend_validation" / f"{weights.stem}-{file_digest(weights)[:12]}.npy"
+    blast_cache = Path(runs) / f"blast-{ontology}-{PROFILES[profile]['train']}-val.csv"
+    if notebook_cache.is_file() and blast_cache.is_file():
+        cache, source = notebook_cache, "the notebook's cached scores"
+    elif model is not None or (saved_cache.is_file() and blast_cache.is_file()):
+        cache, source = saved_cache, f"the saved network's scores (cached in runs/{saved_cache.parent.name}/)"
+    else:
+        return {"weight": noted, "source": f"results.json blend_weights[{key!r}]: chosen by the notebook "
+                                           "(common.blend_weight) on the validation proteins; their scores were "
+                                           "not cached here at export"}
+    split = load_split(ontology, profile)
+    network = cached_array(cache, lambda: predict(model, split["val"], len(go)))
+    blast = baseline_scores("blast", ontology, split, runs, part="val")  # cached hits, else BLAST now
+    weight, fmaxes = blend_weight(split["val"].label_matrix(len(go)), consistent(network, go), blast)
+    return {"weight": weight, "validation_fmax": dict(zip(BLEND_WEIGHTS.tolist(), np.round(fmaxes, 4).tolist())),
+            "results_json": noted, "source": f"recomputed at export by common.blend_weight from {source} on the "
+                                             f"{len(split['val'])} validation proteins and their BLAST hits"}
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def export_predictor(folder=CHECKPOINTS, smoke: bool = False, runs=None, recompute_blend: bool = False) -> Path:
+    """`folder/predictor.json` and each ontology's label space (`terms_file`) for the networks the notebook saved
+    there (`weights_file`), from the prepared data and the results.json beside `folder`; the blend weights as
+    `exported_blend` finds them (`recompute_blend`: from the saved networks' validation scores, minutes of CPU)."""
+    folder = Path(folder)
+    profile = "smoke" if smoke else "full"
+    runs = Path(runs or folder.parent / "runs")
+    results = load_results(folder.parent) if (folder.parent / "results.json").is_file() else {}
+    ontologies = {}
+    for ontology in ONTOLOGIES:
+        weights = folder / weights_file(ontology)
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights} is missing: the notebook's results-and-checkpoints cell saves it")
+        go, config = load_ontology(ontology), model_config(NETWORK, ontology, profile)
+        model = build_model(config, go)
+        model.load_state_dict(load_half(weights))  # the weights fit the configuration and the label space
+        save_arrays(folder / terms_file(ontology), **go.to_arrays())
+        ontologies[ontology] = {
+            "weights": {"file": weights.name, "bytes": weights.stat().st_size,
+                        "format": "state dict with fp16 floats: torch.load(weights_only=True), cast to fp32 "
+                                  "(mlkit.train.load_half)"},
+            "config": config, "parameters": parameter_count(model),
+            "terms": {"file": terms_file(ontology), "count": len(go), "roots": [go.ids[r] for r in go.roots],
+                      "arrays": "ids and names (GO ids and term names in label order), parents_* and ancestors_* "
+                                "(CSR: term i's are index[offsets[i]:offsets[i + 1]]; ancestors include the term)"},
+            "blend": exported_blend(ontology, go, config, profile, results, runs, weights,
+                                    model if recompute_blend else None),
+            "reference": reference_recipe(ontology, profile),
+            "test": {key: results.get(metric, {}).get(name, {}).get(ontology) for key, metric, name in (
+                ("fmax", "fmax", NETWORK), ("fmax_with_blast", "fmax", f"{NETWORK}_blast"),
+                ("aupr", "aupr", NETWORK), ("smin", "smin", NETWORK))}}
+    return write_manifest(
+        folder, challenge="tale", task="protein function: GO terms of protein sequences, per ontology",
+        network=NETWORK, ontology_order=list(ONTOLOGIES), ontologies=ontologies,
+        model={"class": "networks.TALE", "builder": "common.build_model(config, go)",
+               "output": "one logit per GO term of the ontology; scores are their sigmoid"},
+        input={"format": "FASTA text or files, or one bare sequence (common.read_records)",
+               "cleaning": "whitespace removed, upper-cased, a final '*' dropped",
+               "alphabet": RESIDUES, "min_length": MIN_LENGTH,
+               "nucleotide_check": f"refused when more than {NUCLEOTIDE_SHARE:.0%} of the letters are "
+                                   f"{'/'.join(NUCLEOTIDES)}",
+               "max_length": MAX_LENGTH, "long_sequences": f"the network reads the first {MAX_LENGTH} residues "
+                                                           "(as in evaluation); BLAST the whole sequence"},
+        scoring={"consistency": "common.consistent: each term scores at least as high as its descendants (max over "
+                                "the ontology, deepest terms first), before the blend",
+                 "blend": "common.ensemble: weight * network + (1 - weight) * BLAST where BLAST finds a hit, the "
+                          "network alone elsewhere (weights per ontology under ontologies.<name>.blend)",
+                 "blast": BLAST_RECIPE | {"database": "built on first use into tale/runs/blast_reference/ from the "
+                                                      "prepared data (ontologies.<name>.reference); without blastp "
+                                                      "or the data the network scores alone, and says so"},
+                 "top_k": TOP_K, "top_terms": "the best-scoring terms below the ontology's root (every protein "
+                                              "has the root)"},
+        source={"data": results.get("data"), "profile": results.get("profile", profile),
+                "train_minutes": {o: results.get("train_minutes", {}).get(f"{NETWORK}_{o}") for o in ONTOLOGIES},
+                "results": "results.json (fmax, aupr, smin, blend_weights)"},
+        smoke=smoke)
+
+
+def reference_unavailable(ontology: str, root=DATA_ROOT) -> str:
+    """Why the BLAST reference of `ontology` cannot be built here ("" when it can): no blastp, or data not
+    prepared (never downloads anything)."""
+    if not (shutil.which("blastp") and shutil.which("makeblastdb")):
+        return "blastp not found (install ncbi-blast+)"
+    root = Path(root)
+    pool = (root / "cache" / "tale" / f"train_{ontology}.npz").is_file() or (
+        root / "swissprot2014" / MARKER).is_file()
+    if not (pool and (root / "tale" / MARKER).is_file()):
+        return "its training proteins are not prepared (python -m mlkit.datasets tale; see tale/proteins.py)"
+    return ""
+
+
+def blast_reference(ontology: str, recipe: dict, folder=REFERENCE_FOLDER, root=DATA_ROOT) -> tuple[Proteins, Path,
+                                                                                                    float]:
+    """(reference proteins, BLAST database, seconds its build took now: 0 when it was there) of `recipe`
+    (`reference_recipe`), built once into `folder` from the prepared data and checked against the recipe."""
+    target = Path(folder) / f"{ontology}-{recipe['count']}-{recipe['accessions_sha256'][:12]}"
+    if not (target / "done.json").is_file():
+        started = time.perf_counter()
+        pool = training_proteins(ontology, root)
+        train, _ = pool_selection(len(pool), recipe["count"], seed=recipe["seed"])
+        if len(pool) != recipe["pool_size"] or accessions_digest(pool.accessions[train]) != recipe[
+                "accessions_sha256"]:
+            raise DataError(f"the prepared {ontology} training pool ({len(pool):,} proteins) does not give the "
+                            "predictor's reference proteins (their digest differs)")
+        reference = pool.subset(train)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+        tmp.chmod(0o755)
+        try:
+            reference.save(tmp / "proteins.npz")
+            make_blast_database(reference, tmp / "db")
+            (tmp / "done.json").write_text(json.dumps(recipe | {"seconds": time.perf_counter() - started}))
+            if (target / "done.json").is_file():  # another process finished first
+                shutil.rmtree(tmp)
+            else:
+                shutil.rmtree(target, ignore_errors=True)
+                tmp.rename(target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return Proteins.load(target / "proteins.npz"), target / "db", time.perf_counter() - started
+    return Proteins.load(target / "proteins.npz"), target / "db", 0.0
+
+
+class TalePredictor:
+    """The saved `tale_minor` network of each ontology, hierarchy-consistent scores, blended with BLAST against its
+    training proteins where the data and blastp are there: `predict(inputs)` gives one row per record and ontology."""
+
+    def __init__(self, manifest: dict, models: dict, ontologies: dict, blast: bool = True,
+                 reference_folder=REFERENCE_FOLDER, data_root=DATA_ROOT):
+        self.manifest, self.models, self.ontologies = manifest, models, ontologies
+        self.blast, self.reference_folder, self.data_root = blast, Path(reference_folder), Path(data_root)
+        self.references: dict[str, tuple[Proteins, Path] | None] = {}
+        self.without_blast: dict[str, str] = {}
+        self.build_seconds: dict[str, float] = {}
+
+    def reference(self, ontology: str) -> tuple[Proteins, Path] | None:
+        """The BLAST reference of `ontology` (built on first use), or None with the reason in `without_blast`."""
+        if ontology not in self.references:
+            reason = "BLAST switched off" if not self.blast else reference_unavailable(ontology, self.data_root)
+            reference = None
+            if not reason:
+                try:
+                    proteins, database, seconds = blast_reference(
+                        ontology, self.manifest["ontologies"][ontology]["reference"], self.reference_folder,
+                        self.data_root)
+                    reference = proteins, database
+                    if seconds:
+                        self.build_seconds[ontology] = seconds
+                except (DataError, OSError, subprocess.CalledProcessError) as e:
+                    reason = f"the BLAST reference could not be built ({e})"
+            self.references[ontology], self.without_blast[ontology] = reference, reason
+        return self.references[ontology]
+
+    def predict(self, inputs) -> pd.DataFrame:
+        """FASTA text or files, a bare sequence, or a list of them: columns record, sequence (its name), length,
+        ontology, top term, score, top terms (GO id, name, score), scored by, error."""
+        records = read_records(inputs)
+        rows = []
+        for ontology, model in self.models.items():
+            reference = self.reference(ontology) if any(not r["error"] for r in records) else None
+            proteins, database = reference or (None, None)
+            rows += go_term_rows(records, model, self.ontologies[ontology], self.manifest["scoring"]["top_k"],
+                                 NETWORK, proteins, self.manifest["ontologies"][ontology]["blend"]["weight"],
+                                 database, self.without_blast.get(ontology, ""))
+        order = {ontology: i for i, ontology in enumerate(self.models)}
+        rows.sort(key=lambda row: (row["record"], order[row["ontology"]]))
+        return go_term_table(rows)
+
+    def __repr__(self) -> str:
+        terms = " + ".join(f"{o.upper()} {len(go):,}" for o, go in self.ontologies.items())
+        blend = ", ".join(f"{o} {self.manifest['ontologies'][o]['blend']['weight']:g}" for o in self.ontologies)
+        if not self.blast:
+            blast = "network alone (BLAST switched off)"
+        elif self.references and not any(self.references.values()):
+            blast = f"network alone: {'; '.join(sorted(set(self.without_blast.values())))}"
+        else:
+            built = ", ".join(f"{o} {s:.0f} s" for o, s in self.build_seconds.items())
+            blast = f"BLAST blend (network weight {blend})" + (f"; reference built on first use: {built}" if built
+                                                               else "")
+        return f"tale {NETWORK} predictor, {terms} GO terms, top {self.manifest['scoring']['top_k']}, {blast}"
+
+
+def load_predictor(folder=CHECKPOINTS, blast: bool = True, **where) -> TalePredictor:
+    """The predictor `export_predictor` described in `folder` (its manifest, label spaces and fp16 weights only;
+    the BLAST reference is built from the data on first use, `blast=False`: the networks alone)."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    models, ontologies = {}, {}
+    for ontology in manifest["ontology_order"]:
+        entry = manifest["ontologies"][ontology]
+        paths = [folder / entry["weights"]["file"], folder / entry["terms"]["file"]]
+        for path in paths:
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is missing (named by {folder.name}/predictor.json)")
+        ontologies[ontology] = go = Ontology.from_arrays(ontology, load_arrays(paths[1]))
+        models[ontology] = build_model(entry["config"], go)
+        models[ontology].load_state_dict(load_half(paths[0]))
+        models[ontology].eval()
+    return TalePredictor(manifest, models, ontologies, blast, **where)
+
+
+DEMO_PROTEINS = {  # two of TALE's 2020 test proteins (data/tale/ours)
+    "Q6I621": "MWKGFLSKLPRKTSASGRGADLDSGQCSNGAGNGNPIQRTSSCGSIPSGRSTSTIKRMSSAIFPSSVVAGIEPLVSFKDVPNSEKQNLFVSKLNLCCAVF"
+              "DFSDPNKSSAEKDIKRQTLLDLIDYVDSSSSRFSEAVIAASSRMFAVNLFRVFPPNYRSSSSGGGEGEEEEPMFEPAWCHLQLVYELLLKFIGSSSLDAK"
+              "VGKKYFDHSFIVKLLNLLDSEDPRERDCLKTILHRIYGKFMVHRPFIRKAVSNIFYHFVFETDRHNGIAELLEVFGSVISGFALPLKEEHKIFLWRVLVP"
+              "LHKPKSVGVYLQQLTYCVTQFIEKDPKLASSVIIGLLRYWPITNSQKEVMFLSEIEEILETISTAEFQKCMVPLFRRIAQCIKSSHFQVAERALFIWNND"
+              "NVISLIAQNRQMIMPIIVPALEHNSQNHWNQAVLNLTDNVKKMFSEMDDVLFSACLVKYKEDEERQASLESKRRLTWEKLESAASFQPVTGHTAVLVGRQ"
+              "PSANLIATLI",
+    "Q7L8J4": "MAELRQVPGGRETPQGELRPEVVEDEVPRSPVAEEPGGGGSSSSEAKLSPREEEELDPRIQEELEHLNQASEEINQVELQLDEARTTYRRILQESARKLN"
+              "TQGSHLGSCIEKARPYYEARRLAKEAQQETQKAALRYERAVSMHNAAREMVFVAEQGVMADKNRLDPTWQEMLNHATCKVNEAEEERLRGEREHQRVTRL"
+              "CQQAEARVQALQKTLRRAIGKSRPYFELKAQFSQILEEHKAKVTELEQQVAQAKTRYSVALRNLEQISEQIHARRRGGLPPHPLGPRRSSPVGAEAGPED"
+              "MEDGDSGIEGAEGAGLEEGSSLGPGPAPDTDTLSLLSLRTVASDLQKCDSVEHLRGLSDHVSLDGQELGTRSGGRRGSDGGARGGRHQRSVSL",
+}
+
+
+def demo_inputs() -> list[str]:
+    """Two inputs: FASTA text with a test protein and the records that must be refused with a reason (DNA, too
+    short, letters outside the alphabet, an empty record, a header alone), and a second test protein pasted bare,
+    in lower case, cut into lines, with a final stop '*'."""
+    fasta = (f">Q6I621 (a TALE test protein)\n{DEMO_PROTEINS['Q6I621']}\n"
+             ">DNA, not a protein\nATGGCTAGCTAGGATCCGATCGATCGTAGCTAGCTAGGCTAACGTTAGC\n"
+             ">too short\nMKTLL\n"
+             ">letters outside the alphabet\nMKT1LLJVAGHWQ\n"
+             ">empty record\n\n"
+             ">a header alone")
+    bare = DEMO_PROTEINS["Q7L8J4"].lower()
+    return [fasta, "\n".join(bare[i:i + 60] for i in range(0, len(bare), 60)) + "*\n"]

@@ -93,6 +93,29 @@ class Ontology:
         """Sorted indices of `terms` (indices) and all their ancestors."""
         return sorted({a for t in terms for a in self.ancestors[t]})
 
+    @property
+    def roots(self) -> list[int]:
+        """The terms without a parent (the ontology's root: every annotated protein has it)."""
+        return [i for i, parents in enumerate(self.parents) if not parents]
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The label space as plain arrays (npz without pickle): ids, names, parents and ancestors as CSR
+        index arrays (`*_offsets` [terms + 1] into `*_index`)."""
+        arrays = {"ids": np.array(self.ids), "names": np.array(self.names)}
+        for key in ("parents", "ancestors"):
+            lists = getattr(self, key)
+            arrays[f"{key}_offsets"] = np.concatenate([[0], np.cumsum([len(x) for x in lists])]).astype(np.int32)
+            arrays[f"{key}_index"] = np.array([i for x in lists for i in x], dtype=np.int32)
+        return arrays
+
+    @staticmethod
+    def from_arrays(name: str, arrays: dict[str, np.ndarray]) -> "Ontology":
+        def lists(key):
+            offsets, index = arrays[f"{key}_offsets"], arrays[f"{key}_index"].tolist()
+            return [index[a:b] for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
+
+        return Ontology(name, arrays["ids"].tolist(), arrays["names"].tolist(), lists("parents"), lists("ancestors"))
+
 
 def load_ontology(ontology: str, root=DATA_ROOT) -> Ontology:
     def convert():

@@ -1,5 +1,7 @@
 """mlm/common.py: articles, vocabulary, masking, the fixed evaluation set, metrics, models, fill-mask."""
+import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -275,3 +277,110 @@ def test_unrestricted_runs_train_each_recipe_four_times_longer():
     longer_same = configs["same-resources model, 4x longer (12 epochs)"]
     assert {k for k in common.BASELINE if longer_same[k] != same[k]} == {"epochs"}
     assert all(c["epochs"] == 1 for c in common.unrestricted_configs(same, smoke=True).values())
+
+
+# ---------------------------------------------------------------- the committed predictor
+
+@pytest.fixture(scope="module")
+def predictor():
+    return common.load_predictor()  # mlm/checkpoints: predictor.json, vocab.json, mlm_best.pt
+
+
+def test_fill_mask_scores_a_long_text_window_by_window():
+    vocab = common.Vocab("the cat sat on the mat".split())
+    torch.manual_seed(0)
+    model = common.make_model(common.BASELINE | {"d_model": 16, "d_hid": 16, "dropout": 0.0}, vocab)
+    words = ("the cat sat on the mat " * 20).split()  # 120 tokens: windows 0-34, 35-69, 70-104, 105-119
+    for i in (3, 40, 110):
+        words[i] = "[MASK]"
+    filled = common.fill_mask(model, vocab, " ".join(words), k=3, window=35)
+    alone = [common.fill_mask(model, vocab, " ".join(words[start:start + 35]), k=3, window=35)[0]
+             for start in (0, 35, 105)]
+    assert len(filled) == 3
+    for got, expected in zip(filled, alone):
+        assert [w for w, _ in got] == [w for w, _ in expected]
+        np.testing.assert_allclose([p for _, p in got], [p for _, p in expected], rtol=1e-5)
+
+
+def test_vocab_from_words_keeps_the_order_and_refuses_a_list_without_the_specials():
+    vocab = common.Vocab.from_words([common.UNK, common.MASK, "the", "cat"])
+    assert vocab.stoi["cat"] == 3 and len(vocab) == 4
+    assert common.sentence_ids("The dog [MASK]", vocab).tolist() == [2, common.UNK_ID, common.MASK_ID]
+    for words in (["the", "cat"], [common.UNK, common.MASK, "the", "the"]):
+        with pytest.raises(ValueError):
+            common.Vocab.from_words(words)
+
+
+def test_predictor_gives_one_row_per_mask_and_an_error_row_per_unusable_sentence(predictor):
+    inputs = common.demo_inputs()
+    table = predictor.predict(inputs)
+    assert list(table.columns) == ["sentence", "mask", "position", "context", "prediction", "probability", "top 5",
+                                   "error"]
+    assert table["sentence"].tolist() == [0, 1, 2, 3, 4, 5, 5]
+    good = table[table["error"] == ""]
+    assert len(good) == 5 and good["prediction"].str.len().gt(0).all()
+    assert good["probability"].between(0, 1).all()
+    for top in good["top 5"]:
+        probabilities = [float(p) for p in re.findall(r"(?:^|, )\S+ (\d\.\d{3})", top)]  # a word may be ","
+        assert len(probabilities) == 5 and probabilities == sorted(probabilities, reverse=True)
+    assert "empty" in table.loc[3, "error"] and "no [MASK]" in table.loc[4, "error"]
+    long = table[table["sentence"] == 5]
+    assert long["position"].tolist() == [40, 5_950] and long["mask"].tolist() == [1, 2]
+    assert len(common.sentence_tokens(inputs[5])) > predictor.manifest["model"]["max_length"]
+    assert "[MASK]" in long["context"].iloc[1]
+
+
+def test_predictor_scores_each_mask_of_a_long_text_from_its_own_window(predictor):
+    words = common.long_text().split()
+    table = predictor.predict(" ".join(words))
+    window = predictor.manifest["input"]["window"]
+    for position, (_, row) in zip((40, 5_950), table.iterrows()):
+        start = position // window * window
+        alone = predictor.predict(" ".join(words[start:start + window]))
+        assert alone["top 5"].tolist() == [row["top 5"]]
+
+
+def test_predictor_accepts_one_string_and_survives_a_batch_without_any_usable_sentence(predictor):
+    one = predictor.predict("the [MASK] of the united states")
+    assert len(one) == 1 and one["error"].tolist() == [""] and one["position"].tolist() == [1]
+    bad = predictor.predict(["", "   ", "no blank at all .", None, 3])
+    assert len(bad) == 5 and bad["error"].str.len().gt(0).all() and (bad["prediction"] == "").all()
+    assert bad["probability"].isna().all() and bad["mask"].isna().all()
+    assert "expected a text" in bad["error"].iloc[3]
+    assert predictor.predict([]).empty
+
+
+def test_predictor_manifest_describes_the_committed_model(predictor):
+    manifest = predictor.manifest
+    assert manifest["vocabulary"]["words"] == len(predictor.vocab) == predictor.model.embedding.num_embeddings
+    assert manifest["input"]["window"] == manifest["source"]["recipe"]["bptt"] == common.EVAL_SEQ_LEN
+    assert manifest["model"]["config"] == {k: manifest["source"]["recipe"][k] for k in common.MODEL_KEYS}
+    assert repr(predictor).startswith("mlm masked-word predictor")
+
+
+def test_missing_predictor_files_give_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="predictor.json is missing"):
+        common.load_predictor(tmp_path)
+    with pytest.raises(FileNotFoundError, match="mlm_best.pt is missing: the notebook's checkpoint cell"):
+        common.export_predictor(tmp_path)
+    manifest = json.loads((common.CHECKPOINTS / "predictor.json").read_text())
+    (tmp_path / "predictor.json").write_text(json.dumps(manifest | {"weights": {"file": "elsewhere.pt"}}))
+    with pytest.raises(FileNotFoundError, match="elsewhere.pt is missing"):
+        common.load_predictor(tmp_path)
+
+
+def test_export_then_load_a_predictor_from_its_folder_alone(tmp_path, monkeypatch):
+    vocab = common.Vocab("the cat sat on the mat . a dog ran".split())
+    config = common.make_config("tiny", **{"d_model": 16, "d_hid": 16, "limit": 100})
+    model = common.make_model(config, vocab)
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    common.save_checkpoint(model, config, folder / common.WEIGHTS)
+    monkeypatch.setattr(common, "load_corpus", lambda protocol, limit: common.Corpus(vocab, *[torch.zeros(1)] * 3))
+    common.export_predictor(folder, smoke=True)
+    monkeypatch.setattr(common, "load_corpus", None)  # loading needs no data
+    loaded = common.load_predictor(folder)
+    assert loaded.vocab.itos == vocab.itos and loaded.manifest["smoke"] is True
+    table = loaded.predict(["the [MASK] sat", "a [MASK] ran [MASK]"])
+    assert table["sentence"].tolist() == [0, 1, 1] and (table["error"] == "").all()
+    assert "first 100 tokens" in loaded.manifest["vocabulary"]["source"]

@@ -2,6 +2,7 @@
 import math
 import os
 import pickle
+import shutil
 from collections import OrderedDict
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from conftest import load_challenge
 
+import mlkit.predictors as mlkit_predictors
 import mlkit.train
 from mlkit.train import load_state
 
@@ -367,30 +369,207 @@ def test_read_sequences_fasta_records(tmp_path):
     assert common.read_sequences(str(path)) == records
 
 
-def test_read_sequences_bare_sequence_and_empty_input():
+def test_read_sequences_bare_sequence_header_alone_and_empty_input():
     assert common.read_sequences("MKVLLA") == [("query", "MKVLLA")]
     [(name, body)] = common.read_sequences("MKV\nLLA\n")
     assert name == "query" and proteins.decode(common.encode(body)) == "MKVLLA"
+    assert common.read_sequences(">only a header") == [("only a header", "")]
+    assert common.read_sequences("MKVLL\n>second\nACDEF") == [("query", "MKVLL"), ("second", "ACDEF")]
     for empty in ("", "  \n "):
-        with pytest.raises(ValueError, match="no sequence"):
-            common.read_sequences(empty)
+        assert [body.strip() for _, body in common.read_sequences(empty)] == [""]
 
 
-def test_predict_go_terms_reports_bad_sequences_without_raising():
+PROTEIN = "MKVLAAGITWQEHLRPSDYFNK"  # 22 residues, every letter a common amino acid
+
+
+@pytest.mark.parametrize("length", [12, 255, 256, 300, 4_095, 4_096, 40_000])
+def test_a_pasted_bare_sequence_of_any_length_is_one_record(length):
+    sequence = (PROTEIN * (length // len(PROTEIN) + 1))[:length]
+    [record] = common.read_records(sequence)  # never taken for a file name, however long
+    assert record == {"name": "query", "sequence": sequence, "error": ""}
+
+
+@pytest.mark.parametrize("text", [PROTEIN + "*", PROTEIN.lower(), " ".join(PROTEIN), PROTEIN[:9] + "\n" + PROTEIN[9:],
+                                  PROTEIN[:7] + "\r\n\t" + PROTEIN[7:].lower() + "*\n",
+                                  ">named\n" + PROTEIN[:11] + "\n" + PROTEIN[11:] + "*\n"])
+def test_stop_codon_lowercase_and_whitespace_are_cleaned(text):
+    [record] = common.read_records(text)
+    assert record["sequence"] == PROTEIN and record["error"] == ""
+
+
+@pytest.mark.parametrize("text, message", [
+    ("ATGGCTAGCTAGGATCCGATCGATCGTAGCTAGC", "DNA/RNA"),
+    ("AUGGCUAGCUAGGAUCCGAUCGAUCGUAGCUAGCN", "DNA/RNA"),
+    (">dna\natggctagct agcatcgatc\ngatcgatcga", "DNA/RNA"),
+    ("MKTLL", "too short"),
+    ("MKVLAAGIT", "too short"),
+    ("MKT1LLJVAGHWQ", "invalid residue letter(s) '1J'"),
+    ("MKVLA*AGITWQE", "invalid residue letter(s) '*'"),
+    ("Hello, is this a protein?", "invalid residue"),
+    (">empty record\n\n>next\n" + PROTEIN, "empty sequence"),
+    (">a header alone", "empty sequence"),
+    ("", "empty sequence"),
+])
+def test_non_protein_records_get_a_clear_error(text, message):
+    record = common.read_records(text)[0]
+    assert record["sequence"] == "" and message in record["error"]
+
+
+def test_read_records_keeps_going_after_unreadable_inputs(tmp_path):
+    records = common.read_records([PROTEIN, None, tmp_path / "missing.fasta", ">a\n" + PROTEIN + "\n>b\nMK"])
+    assert [r["name"] for r in records] == ["query", "None", "missing.fasta", "a", "b"]
+    assert [bool(r["error"]) for r in records] == [False, True, True, False, True]
+    assert "cannot read" in records[1]["error"] and "cannot read" in records[2]["error"]
+
+
+def test_a_protein_with_nucleotide_letters_below_the_threshold_is_accepted():
+    sequence = "ACGT" * 4 + "MKVW"  # 80% A/C/G/T
+    assert common.clean_sequence(sequence) == sequence
+
+
+def test_predict_go_terms_gives_one_row_per_record_and_reports_bad_ones():
     go = toy_ontology()
-    table = common.predict_go_terms(tiny_tale(go=go), go, ">good\nMKVLAAGITW\n>bad\nMK1Z*\n>good2\nacd efg", top=4)
-    assert set(table.columns) == {"sequence", "rank", "go_id", "name", "score", "error"}
-    bad = table[table["sequence"] == "bad"]
-    assert len(bad) == 1 and "invalid residue" in bad["error"].iloc[0] and pd.isna(bad["rank"].iloc[0])
-    for name in ("good", "good2"):
-        good = table[table["sequence"] == name]
-        assert good["rank"].tolist() == [1, 2, 3, 4] and (good["error"] == "").all()
-        assert sorted(good["go_id"]) == go.ids and set(good["name"]) == set(go.names)
-        assert good["score"].is_monotonic_decreasing and good["score"].between(0, 1).all()
-        score = dict(zip(good["go_id"], good["score"]))
-        for parent, child in go.edges:  # consistent scores
-            assert score[go.ids[parent]] >= score[go.ids[child]]
-    assert len(common.predict_go_terms(tiny_tale(go=go), go, "MKVLAAGITW", top=2)) == 2
+    text = ">good\nMKVLAAGITW\n>bad\nMK1Z*\n>good2\nacd efg hikl*"
+    table = common.predict_go_terms(tiny_tale(go=go), go, text, top=2)
+    assert list(table.columns) == common.GO_TERM_COLUMNS
+    assert table["sequence"].tolist() == ["good", "bad", "good2"] and table["record"].tolist() == [0, 1, 2]
+    assert "invalid residue" in table.loc[1, "error"] and table.loc[1, "top terms"] == ""
+    assert pd.isna(table.loc[1, "score"]) and pd.isna(table.loc[1, "length"])
+    assert table["length"].tolist()[::2] == [10, 10]
+    for i in (0, 2):
+        terms = table.loc[i, "top terms"].split("; ")
+        assert len(terms) == 2 and not any(t.startswith("GO:0000000 ") for t in terms)  # the root is left out
+        assert table.loc[i, "top term"] == terms[0].rsplit(" ", 1)[0] and table.loc[i, "error"] == ""
+        assert table.loc[i, "scored by"] == "network alone"
+    nothing = common.predict_go_terms(tiny_tale(go=go), go, ["", ">x", "ACGTACGTACGTACGT"])
+    assert len(nothing) == 3 and nothing["error"].str.len().gt(0).all()
+
+
+def test_ontology_round_trips_through_plain_arrays(tmp_path):
+    go = toy_ontology()
+    mlkit_predictors.save_arrays(tmp_path / "terms.npz", **go.to_arrays())
+    again = proteins.Ontology.from_arrays("toy", mlkit_predictors.load_arrays(tmp_path / "terms.npz"))
+    assert again == go and again.roots == [0]
+    np.testing.assert_array_equal(again.ancestor_matrix(), go.ancestor_matrix())
+
+
+def test_pool_selection_is_seeded_sorted_and_disjoint():
+    train, val = common.pool_selection(100, 30, 5, seed=0)
+    assert len(train) == 30 and len(val) == 5 and not set(train) & set(val)
+    assert (np.diff(train) > 0).all() and (np.diff(val) > 0).all()
+    again, _ = common.pool_selection(100, 30, seed=0)
+    np.testing.assert_array_equal(again, train)
+
+
+def test_blend_weight_picks_the_weight_with_the_best_fmax():
+    y_true = np.array([[1, 1, 0, 0], [1, 0, 0, 1], [1, 1, 1, 0]], dtype=bool)
+    network = np.full((3, 4), 0.5)
+    weight, fmaxes = common.blend_weight(y_true, network, y_true.astype(float))  # BLAST is right: trust it
+    assert weight == 0.0 and len(fmaxes) == len(common.BLEND_WEIGHTS) and fmaxes[0] == max(fmaxes) == 1.0
+
+
+# ---------------------------------------------------------------- BLAST reference and the committed predictor
+
+needs_blast = pytest.mark.skipif(not shutil.which("blastp"), reason="needs BLAST+ (ncbi-blast+)")
+
+
+def toy_pool():
+    rng = np.random.default_rng(0)
+    sequences = ["".join(rng.choice(list("ARNDCEQGHILKMFPSTWYV"), 60)) for _ in range(6)]
+    return common.Proteins.from_lists([f"T{i}" for i in range(6)], [common.encode(s) for s in sequences],
+                                      [[0, 1], [0, 3], [0, 1, 2], [0, 3], [0, 1], [0]])
+
+
+def toy_recipe(pool, count=4):
+    train, _ = common.pool_selection(len(pool), count)
+    return {"pool_size": len(pool), "seed": 0, "count": count,
+            "accessions_sha256": common.accessions_digest(pool.accessions[train])}
+
+
+@needs_blast
+def test_blast_reference_is_built_once_and_found_by_blast(tmp_path, monkeypatch):
+    pool = toy_pool()
+    monkeypatch.setattr(common, "training_proteins", lambda ontology, root: pool)
+    recipe = toy_recipe(pool)
+    reference, database, seconds = common.blast_reference("mf", recipe, tmp_path)
+    assert len(reference) == 4 and seconds > 0
+    again, _, seconds_again = common.blast_reference("mf", recipe, tmp_path)
+    assert seconds_again == 0.0 and again.accessions.tolist() == reference.accessions.tolist()
+    query = reference.sequence(2)
+    go = toy_ontology()
+    rows = common.go_term_rows(common.read_records([query, PROTEIN * 3]), tiny_tale(go=go), go, 2, "toy",
+                               reference, 0.0, database)
+    assert rows[0]["scored by"] == "toy + BLAST (network weight 0)" and rows[0]["score"] == 1.0
+    assert rows[1]["scored by"] == "toy (no BLAST hit)"
+    with pytest.raises(common.DataError, match="digest"):
+        common.blast_reference("cc", recipe | {"accessions_sha256": "0" * 64}, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return common.load_predictor(blast=False)  # tale/checkpoints: the networks alone, no data needed
+
+
+def test_predictor_gives_one_row_per_record_and_ontology(predictor):
+    inputs = [">short protein\n" + PROTEIN * 2 + "\n>dna\n" + "ACGT" * 10 + "\n>header only", PROTEIN.lower() + "*"]
+    table = predictor.predict(inputs)
+    assert list(table.columns) == common.GO_TERM_COLUMNS
+    assert table["record"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3] and table["ontology"].tolist() == ["mf", "cc"] * 4
+    good = table[table["error"] == ""]
+    assert good["record"].tolist() == [0, 0, 3, 3] and good["top term"].str.startswith("GO:").all()
+    assert good["score"].between(0, 1).all() and (good["scored by"] == "tale_minor alone: BLAST switched off").all()
+    for _, row in good.iterrows():
+        terms = row["top terms"].split("; ")
+        assert len(terms) == 5 and not any(root in row["top terms"] for root in ("GO:0003674", "GO:0005575"))
+    assert table.loc[2, "error"].startswith("looks like DNA/RNA") and table.loc[4, "error"].startswith("empty")
+
+
+def test_predictor_survives_a_batch_with_nothing_readable(predictor):
+    table = predictor.predict(["", ">x", "MKT1", None])
+    assert len(table) == 8 and table["error"].str.len().gt(0).all() and (table["top terms"] == "").all()
+
+
+def test_predictor_without_blastp_or_data_scores_with_the_network_alone_and_says_so(predictor, tmp_path,
+                                                                                     monkeypatch):
+    parts = predictor.manifest, predictor.models, predictor.ontologies
+    without_data = common.TalePredictor(*parts, data_root=tmp_path, reference_folder=tmp_path / "reference")
+    table = without_data.predict(PROTEIN * 2)
+    assert table["scored by"].str.contains("not prepared").all() and (table["error"] == "").all()
+    assert "network alone" in repr(without_data) and not (tmp_path / "reference").exists()
+    monkeypatch.setattr(common.shutil, "which", lambda name: None)
+    no_blastp = common.TalePredictor(*parts, reference_folder=tmp_path / "reference")
+    assert no_blastp.predict(PROTEIN * 2)["scored by"].str.contains("blastp not found").all()
+
+
+def test_predictor_manifest_describes_both_ontologies(predictor):
+    manifest = predictor.manifest
+    assert manifest["ontology_order"] == list(common.ONTOLOGIES) == list(predictor.models)
+    for ontology, go in predictor.ontologies.items():
+        entry = manifest["ontologies"][ontology]
+        assert entry["terms"]["count"] == len(go) == predictor.models[ontology].head.out_features
+        assert entry["terms"]["roots"] == [go.ids[r] for r in go.roots]
+        assert entry["blend"]["weight"] in common.BLEND_WEIGHTS and entry["blend"]["source"]
+        assert {"seed", "count", "pool_size", "accessions_sha256", "source"} <= set(entry["reference"])
+        assert entry["config"] == common.model_config(common.NETWORK, ontology, "full")
+    assert repr(predictor).startswith("tale tale_minor predictor, MF 6,381 + CC 2,574 GO terms")
+
+
+def test_missing_predictor_files_give_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="predictor.json is missing"):
+        common.load_predictor(tmp_path)
+    for name in ("predictor.json", common.weights_file("mf")):
+        shutil.copy(common.CHECKPOINTS / name, tmp_path)
+    with pytest.raises(FileNotFoundError, match=f"{common.terms_file('mf')} is missing"):
+        common.load_predictor(tmp_path)
+    (tmp_path / common.weights_file("mf")).unlink()
+    with pytest.raises(FileNotFoundError, match=f"{common.weights_file('mf')} is missing: the notebook's"):
+        common.export_predictor(tmp_path)
+
+
+def test_demo_inputs_hold_good_and_bad_records(predictor):
+    table = predictor.predict(common.demo_inputs())
+    assert len(table) == 2 * 7
+    assert table.groupby("record")["error"].first().astype(bool).tolist() == [False] + [True] * 5 + [False]
 
 
 # ---------------------------------------------------------------- training resumes exactly
@@ -447,3 +626,11 @@ def test_prior_bias_starts_the_outputs_at_the_training_frequencies(tmp_path, mon
     torch.testing.assert_close(torch.sigmoid(model.head.bias.detach()).double(),
                                torch.as_tensor(frequency).double().clamp(1e-6, 1 - 1e-6), atol=1e-6, rtol=1e-6)
 
+
+
+def test_blend_weight_comes_from_results_json_when_no_validation_scores_are_cached(tmp_path):
+    config = common.model_config(common.NETWORK, "mf", "full")
+    weights = common.CHECKPOINTS / common.weights_file("mf")
+    blend = common.exported_blend("mf", toy_ontology(), config, "full", {"blend_weights": {"tale_minor_mf": 0.3}},
+                                  tmp_path, weights)
+    assert blend["weight"] == 0.3 and "results.json" in blend["source"]
