@@ -18,7 +18,7 @@ from mlkit.experiments import cached_array, trained_on
 from mlkit.images import ImageArrays, list_files, load_class_folders, load_image, predict_files, write_demo_folder
 from mlkit.metrics import accuracy, macro_f1, mcnemar_p_value
 from mlkit.plots import image_grid
-from mlkit.predictors import image_table, read_manifest, write_manifest
+from mlkit.predictors import image_table, named_files, read_manifest, write_manifest
 from mlkit.results import load_results
 from mlkit.runtime import pick_device, seed_everything
 from mlkit.train import FlipAveraged, fit, load_half, parameter_count, predict_probabilities  # noqa: F401 (notebook API)
@@ -672,11 +672,8 @@ class Cifar10Predictor:
 
 def load_predictor(folder=CHECKPOINTS) -> Cifar10Predictor:
     """The predictor `export_predictor` described in `folder` (its manifest and fp16 weights only)."""
-    folder = Path(folder)
     manifest = read_manifest(folder)
-    weights = folder / manifest["weights"]["file"]
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights} is missing (named by {folder.name}/predictor.json)")
+    (weights,) = named_files(folder, manifest["weights"]["file"])
     model = build(manifest["model"]["architecture"])
     model.load_state_dict(load_half(weights))
     return Cifar10Predictor(manifest, model)

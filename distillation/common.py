@@ -22,7 +22,7 @@ from mlkit.cost import latency_ms, torch_predictor, training_throughput  # noqa:
 from mlkit.datasets import DATA_ROOT, prepare
 from mlkit.experiments import cached_array
 from mlkit.images import ImageArrays, list_images, load_class_folders, load_image, predict_files, write_demo_folder
-from mlkit.predictors import read_manifest, write_manifest
+from mlkit.predictors import named_files, read_manifest, write_manifest
 from mlkit.pretrained import CHECKPOINTS as PRETRAINED_CACHE
 from mlkit.pretrained import RESNET152, mobilenet_v2_features, resnet152
 from mlkit.results import load_results
@@ -567,10 +567,7 @@ def load_predictor(folder=CHECKPOINTS) -> DistillationPredictor:
     the master's backbone from the shared pretrained cache."""
     folder = Path(folder)
     manifest = read_manifest(folder)
-    head, student = folder / manifest["master"]["head"]["file"], folder / manifest["student"]["file"]
-    for path in (head, student):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing (named by {folder.name}/predictor.json)")
+    head, student = named_files(folder, manifest["master"]["head"]["file"], manifest["student"]["file"])
     session = onnx_session(student, threads=torch.get_num_threads())
     metadata = session.get_modelmeta().custom_metadata_map
     if json.loads(metadata.get("classes", "null")) != manifest["classes"] or \

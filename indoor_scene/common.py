@@ -32,7 +32,7 @@ from mlkit.images import (
     write_demo_folder,
 )
 from mlkit.metrics import balanced_accuracy
-from mlkit.predictors import image_table, load_arrays, read_manifest, save_arrays, write_manifest
+from mlkit.predictors import image_table, load_arrays, named_files, read_manifest, save_arrays, write_manifest
 from mlkit.results import load_results
 from mlkit.runtime import pick_device, seed_everything
 from mlkit.train import FlipAveraged, fit, load_half, predict_probabilities  # noqa: F401 (notebook API)
@@ -537,10 +537,7 @@ def load_predictor(folder=CHECKPOINTS) -> IndoorScenePredictor:
     hashes only)."""
     folder = Path(folder)
     manifest = read_manifest(folder)
-    weights, hashes = folder / manifest["weights"]["file"], folder / manifest["training_split_hashes"]["file"]
-    for path in (weights, hashes):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing (named by {folder.name}/predictor.json)")
+    weights, hashes = named_files(folder, manifest["weights"]["file"], manifest["training_split_hashes"]["file"])
     model = SceneResNet(**manifest["model"]["config"])
     model.load_state_dict(load_half(weights))
     keys = load_arrays(hashes)[manifest["training_split_hashes"]["array"]]

@@ -71,3 +71,17 @@ def mcnemar_p_value(correct_a, correct_b) -> float:
     n = only_a + only_b
     tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2**n
     return min(1.0, 2 * tail)
+
+
+def expected_calibration_error(probabilities, y_true, bins: int = 15) -> float:
+    """Expected calibration error: the gap between confidence (top probability) and accuracy, averaged over
+    `bins` equal-width confidence bins weighted by their share of the examples."""
+    probabilities = np.asarray(probabilities.cpu() if hasattr(probabilities, "cpu") else probabilities, dtype=float)
+    y_true = _as_array(y_true)
+    if len(probabilities) != len(y_true):
+        raise ValueError(f"probabilities and y_true differ in length: {len(probabilities)} vs {len(y_true)}")
+    confidence, correct = probabilities.max(1), probabilities.argmax(1) == y_true
+    bin_of = np.minimum((confidence * bins).astype(int), bins - 1)
+    gap = sum(abs(correct[bin_of == b].mean() - confidence[bin_of == b].mean()) * (bin_of == b).sum()
+              for b in range(bins) if (bin_of == b).any())
+    return float(gap / len(y_true))

@@ -37,6 +37,16 @@ def read_manifest(folder) -> dict:
     return json.loads(path.read_text())
 
 
+def named_files(folder, *names: str) -> list[Path]:
+    """`folder / name` for every file a manifest names; a missing one raises FileNotFoundError that says so."""
+    folder = Path(folder)
+    paths = [folder / name for name in names]
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing (named by {folder.name}/{MANIFEST})")
+    return paths
+
+
 def save_arrays(path, **arrays: np.ndarray) -> Path:
     with atomic_path(path) as tmp:
         np.savez_compressed(tmp, **arrays)

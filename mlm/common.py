@@ -29,7 +29,7 @@ from scipy.sparse.linalg import svds
 from torch import nn
 
 from mlkit.datasets import prepare
-from mlkit.predictors import read_manifest, write_manifest
+from mlkit.predictors import named_files, read_manifest, write_manifest
 from mlkit.results import load_results
 from mlkit.runtime import pick_device, seed_everything
 from mlkit.train import fit, load_state
@@ -647,12 +647,9 @@ def load_predictor(folder=CHECKPOINTS) -> MlmPredictor:
     """The predictor `export_predictor` described in `folder` (its manifest, vocabulary and fp16 weights only)."""
     folder = Path(folder)
     manifest = read_manifest(folder)
-    paths = {name: folder / manifest[key]["file"] for name, key in (("weights", "weights"), ("vocab", "vocabulary"))}
-    for path in paths.values():
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing (named by {folder.name}/predictor.json)")
-    vocab = Vocab.from_words(json.loads(paths["vocab"].read_text(encoding="utf-8")))
-    return MlmPredictor(manifest, load_checkpoint(paths["weights"], vocab), vocab)
+    weights, vocab_file = named_files(folder, manifest["weights"]["file"], manifest["vocabulary"]["file"])
+    vocab = Vocab.from_words(json.loads(vocab_file.read_text(encoding="utf-8")))
+    return MlmPredictor(manifest, load_checkpoint(weights, vocab), vocab)
 
 
 def long_text(words: int = 6_000, masks: tuple[int, ...] = (40, 5_950)) -> str:

@@ -18,7 +18,7 @@ import torch
 
 from mlkit.datasets import DATA_ROOT, MARKER, DataError
 from mlkit.experiments import cached_array, run_dir
-from mlkit.predictors import load_arrays, read_manifest, save_arrays, write_manifest
+from mlkit.predictors import load_arrays, named_files, read_manifest, save_arrays, write_manifest
 from mlkit.results import load_results
 from mlkit.runtime import seed_everything
 from mlkit.train import fit, load_half, load_state, parameter_count, predict_logits
@@ -745,10 +745,7 @@ def load_predictor(folder=CHECKPOINTS, blast: bool = True, **where) -> TalePredi
     models, ontologies = {}, {}
     for ontology in manifest["ontology_order"]:
         entry = manifest["ontologies"][ontology]
-        paths = [folder / entry["weights"]["file"], folder / entry["terms"]["file"]]
-        for path in paths:
-            if not path.is_file():
-                raise FileNotFoundError(f"{path} is missing (named by {folder.name}/predictor.json)")
+        paths = named_files(folder, entry["weights"]["file"], entry["terms"]["file"])
         ontologies[ontology] = go = Ontology.from_arrays(ontology, load_arrays(paths[1]))
         models[ontology] = build_model(entry["config"], go)
         models[ontology].load_state_dict(load_half(paths[0]))

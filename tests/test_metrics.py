@@ -126,3 +126,26 @@ def test_mcnemar_counts_only_the_disagreements_and_matches_the_binomial_test():
     assert ours.mcnemar_p_value(a, a) == 1.0  # no disagreement, no evidence
     with pytest.raises(ValueError, match="differ in length"):
         ours.mcnemar_p_value(a, b[:-1])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_expected_calibration_error_matches_scikit_learns_calibration_curve(seed):
+    from sklearn.calibration import calibration_curve
+
+    rng = np.random.default_rng(seed)
+    probabilities = rng.dirichlet(np.full(5, 0.5), 400)
+    y_true = rng.integers(0, 5, 400)
+    confidence, correct = probabilities.max(1), probabilities.argmax(1) == y_true
+    fraction_correct, mean_confidence = calibration_curve(correct, confidence, n_bins=15, strategy="uniform")
+    counts = np.histogram(confidence, bins=np.linspace(0, 1, 16))[0]
+    expected = (np.abs(fraction_correct - mean_confidence) * counts[counts > 0]).sum() / len(y_true)
+    assert ours.expected_calibration_error(probabilities, y_true) == pytest.approx(expected)
+
+
+def test_expected_calibration_error_is_zero_when_confidence_is_accuracy_and_checks_lengths():
+    probabilities = np.tile([0.75, 0.25], (8, 1))
+    y_true = np.array([0, 0, 0, 1, 0, 0, 0, 1])  # 75% right at 75% confidence
+    assert ours.expected_calibration_error(probabilities, y_true) == pytest.approx(0.0)
+    assert ours.expected_calibration_error(np.tile([1.0, 0.0], (4, 1)), [1, 1, 1, 1]) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="differ in length"):
+        ours.expected_calibration_error(probabilities, y_true[:3])
