@@ -27,8 +27,10 @@ import torch.nn.functional as F
 from scipy import sparse
 from scipy.sparse.linalg import svds
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from mlkit.datasets import prepare
+from mlkit.experiments import run_dir as run_folder
 from mlkit.predictors import named_files, read_manifest, write_manifest
 from mlkit.results import load_results
 from mlkit.runtime import pick_device, seed_everything
@@ -264,6 +266,19 @@ class PositionalEncoding(nn.Module):
         return self.dropout(x + self.pe[: x.shape[1]])
 
 
+def init_word_layers(embedding: nn.Embedding, decoder: nn.Linear, tied: bool, output_bias: torch.Tensor | None):
+    """The tutorial's init: word vectors uniform in +-0.1, the decoder's bias at 0 (or at `output_bias`); `tied`
+    shares the embedding with the decoder, otherwise the decoder's weight gets the same init."""
+    nn.init.uniform_(embedding.weight, -0.1, 0.1)
+    nn.init.zeros_(decoder.bias)
+    if output_bias is not None:
+        decoder.bias.data.copy_(output_bias)
+    if tied:
+        decoder.weight = embedding.weight
+    else:
+        nn.init.uniform_(decoder.weight, -0.1, 0.1)
+
+
 class MaskedLM(nn.Module):
     """The tutorial's TransformerModel without its causal mask; `tied` shares the embedding with the decoder,
     `pre_norm` puts LayerNorm before each sublayer (plus one at the end), `output_bias` starts the decoder's bias
@@ -279,20 +294,43 @@ class MaskedLM(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, nlayers, norm=nn.LayerNorm(d_model) if pre_norm else None,
                                              enable_nested_tensor=False)
         self.decoder = nn.Linear(d_model, vocab_size)
-        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
-        nn.init.zeros_(self.decoder.bias)
-        if output_bias is not None:
-            self.decoder.bias.data.copy_(output_bias)
-        if tied:
-            self.decoder.weight = self.embedding.weight
-        else:
-            nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+        init_word_layers(self.embedding, self.decoder, tied, output_bias)
 
     def forward(self, x):
         """x: (batch, 2, time) token ids and positions to predict -> logits of those positions (M, vocab)."""
         ids, predict = x[:, 0], x[:, 1].bool()
         hidden = self.encoder(self.pos_encoder(self.embedding(ids) * math.sqrt(self.d_model)))
         return self.decoder(hidden[predict])
+
+
+class ClozeLSTM(nn.Module):
+    """A bidirectional LSTM for masked words: position t is predicted from a forward LSTM that has read the words
+    before t and a backward LSTM that has read the words after it. A position's own input is never seen, so every
+    position of a training window is a target, masked or not; the masked inputs teach it to read around blanks.
+    `tied` shares the embedding with the decoder."""
+
+    def __init__(self, vocab_size: int, d_model=400, d_hid=400, nlayers=2, dropout=0.4, tied=True,
+                 output_bias: torch.Tensor | None = None):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, d_model)
+        lstm_dropout = dropout if nlayers > 1 else 0.0
+        self.forward_lstm = nn.LSTM(d_model, d_hid, nlayers, batch_first=True, dropout=lstm_dropout)
+        self.backward_lstm = nn.LSTM(d_model, d_hid, nlayers, batch_first=True, dropout=lstm_dropout)
+        self.dropout = nn.Dropout(dropout)
+        self.project = nn.Linear(2 * d_hid, d_model)
+        self.decoder = nn.Linear(d_model, vocab_size)
+        init_word_layers(self.embedding, self.decoder, tied, output_bias)
+
+    def forward(self, x):
+        """x: (batch, 2, time) token ids and positions to predict -> logits of those positions (M, vocab)."""
+        ids, predict = x[:, 0], x[:, 1].bool()
+        embedded = self.dropout(self.embedding(ids))
+        before, _ = self.forward_lstm(embedded)
+        after, _ = self.backward_lstm(embedded.flip(1))
+        edge = before.new_zeros(before[:, :1].shape)  # nothing read yet at a window's edges
+        context = torch.cat([torch.cat([edge, before[:, :-1]], 1), torch.cat([after.flip(1)[:, 1:], edge], 1)], -1)
+        hidden = torch.tanh(self.project(self.dropout(context[predict])))
+        return self.decoder(self.dropout(hidden))
 
 
 class Unigram(nn.Module):
@@ -304,6 +342,118 @@ class Unigram(nn.Module):
 
     def forward(self, x):
         return self.log_probs.expand(int(x[:, 1].sum()), -1)
+
+
+# ---------------------------------------------------------------- count models
+class KneserNey:
+    """Interpolated Kneser-Ney model of the next word given up to `order - 1` previous words of a token stream.
+
+    The highest order uses raw counts, lower orders continuation counts (in how many contexts a word follows),
+    each level discounted by D = n1 / (n1 + 2 n2) (Ney's estimate); the lowest level is interpolated with the
+    uniform distribution, so every word of the vocabulary but `<mask>` gets a probability.
+    """
+
+    def __init__(self, ids: torch.Tensor, vocab_size: int, order: int):
+        self.vocab_size, self.order = vocab_size, order
+        ids = ids.numpy().astype(np.int64)
+        self.levels = []  # levels[k]: contexts of k words -> (sorted context keys, counts matrix, discount)
+        grams = self._grams(ids, order)
+        for k in range(order - 1, -1, -1):
+            if k < order - 1:  # continuation counts: the distinct words before each (k+1)-gram
+                grams = np.unique(grams, axis=0)[:, 1:]
+            self.levels.insert(0, self._level(grams))
+        unigram = np.bincount(ids, minlength=vocab_size).astype(np.float64)
+        unigram[MASK_ID] = 0
+        self.unigram = unigram / unigram.sum()
+        self.uniform = np.full(vocab_size, 1 / (vocab_size - 1))
+        self.uniform[MASK_ID] = 0
+
+    @staticmethod
+    def _grams(ids: np.ndarray, n: int) -> np.ndarray:
+        return np.stack([ids[i: len(ids) - n + 1 + i] for i in range(n)], 1)
+
+    def _key(self, contexts: np.ndarray) -> np.ndarray:
+        key = np.zeros(len(contexts), dtype=np.int64)
+        for column in contexts.T:
+            key = key * self.vocab_size + column
+        return key
+
+    def _level(self, grams: np.ndarray) -> tuple:
+        keys, rows = np.unique(self._key(grams[:, :-1]), return_inverse=True)
+        counts = sparse.csr_matrix((np.ones(len(grams)), (rows.ravel(), grams[:, -1])),
+                                   shape=(len(keys), self.vocab_size))
+        counts.sum_duplicates()
+        n1, n2 = (counts.data == 1).sum(), (counts.data == 2).sum()
+        discount = n1 / max(n1 + 2 * n2, 1)
+        return keys, counts, min(max(discount, 0.1), 0.9)  # bounded: a tiny corpus may have no words seen once
+
+    def next_word_probs(self, histories: np.ndarray) -> np.ndarray:
+        """(B, vocab) next-word probabilities; `histories` (B, order - 1) holds the previous words, the nearest
+        last, -1 where a word is unknown (before a window's start or masked): the context stops there."""
+        histories = np.asarray(histories, dtype=np.int64).reshape(len(histories), self.order - 1)
+        known = np.flip(np.cumprod(np.flip(histories >= 0, 1), 1), 1).astype(bool)  # nearest words up to a gap
+        lowest = self._interpolate(self.levels[0], np.zeros(1, dtype=np.int64), self.uniform)
+        probs = np.tile(lowest, (len(histories), 1))
+        for k in range(1, self.order):
+            context = histories[:, self.order - 1 - k:]
+            keys = self._key(np.where(context >= 0, context, 0))
+            found = known[:, self.order - 1 - k] & np.isin(keys, self.levels[k][0])
+            if found.any():
+                probs[found] = self._interpolate(self.levels[k], keys[found], probs[found])
+        if self.order > 1:
+            probs[~known[:, -1]] = self.unigram  # no context at all: the plain training frequency
+        probs[:, MASK_ID] = 0
+        return probs
+
+    @staticmethod
+    def _interpolate(level: tuple, keys: np.ndarray, lower: np.ndarray) -> np.ndarray:
+        """max(c(h, w) - D, 0) / c(h) + D N1+(h) / c(h) x lower(w), for the contexts `keys` (all in the level)."""
+        level_keys, counts, discount = level
+        rows = counts[np.searchsorted(level_keys, keys)]
+        totals = np.asarray(rows.sum(1)).ravel()
+        backoff = discount * np.diff(rows.indptr) / totals
+        rows.data = np.maximum(rows.data - discount, 0)
+        return (sparse.diags(1 / totals) @ rows).toarray() + backoff[:, None] * lower
+
+
+class CountMLM(nn.Module):
+    """Masked-word prediction from n-gram counts in both directions: a forward Kneser-Ney model P(w | left words)
+    and one trained on the reversed stream, P(w | right words), combined as a product of experts,
+
+        log P(w | left, right) = log P_fwd(w | left) + log P_bwd(w | right) - beta log P(w) + const.
+
+    For bigrams and beta = 1 this is exactly P(w | l, r) ∝ P(w | l) P(r | w), the "sandwich" of a first-order
+    Markov chain. Only the visible words of the scored window count: a masked neighbour ends the context there.
+    """
+
+    def __init__(self, ids: torch.Tensor, vocab_size: int, order: int, beta: float = 1.0):
+        super().__init__()
+        self.forward_model = KneserNey(ids, vocab_size, order)
+        self.backward_model = KneserNey(ids.flip(0), vocab_size, order)
+        self.order, self.beta = order, beta
+
+    def histories(self, ids: np.ndarray, rows: np.ndarray, cols: np.ndarray, step: int) -> np.ndarray:
+        """The `order - 1` words before (step -1) or after (step +1) each position, nearest last; -1 outside the
+        window or where the word is masked."""
+        offsets = step * np.arange(self.order - 1, 0, -1)
+        where = cols[:, None] + offsets[None, :]
+        inside = (where >= 0) & (where < ids.shape[1])
+        words = ids[rows[:, None], where.clip(0, ids.shape[1] - 1)]
+        return np.where(inside & (words != MASK_ID), words, -1)
+
+    def log_probs(self, ids: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        left = self.forward_model.next_word_probs(self.histories(ids, rows, cols, -1))
+        right = self.backward_model.next_word_probs(self.histories(ids, rows, cols, +1))
+        unigram = self.forward_model.unigram
+        scores = left * right * np.where(unigram > 0, unigram, 1) ** -self.beta  # <mask>: 0 already
+        with np.errstate(divide="ignore"):
+            return np.log(scores / scores.sum(1, keepdims=True))
+
+    def forward(self, x):
+        """x: (batch, 2, time) as for MaskedLM -> log-probabilities of the masked positions (M, vocab), row-major."""
+        ids, predict = x[:, 0].numpy(), x[:, 1].bool().numpy()
+        rows, cols = predict.nonzero()
+        return torch.from_numpy(self.log_probs(ids, rows, cols)).float()
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -339,14 +489,24 @@ BASELINE = {  # the tutorial's model and recipe, converted to masked prediction
     "loss_on": "all", "mask_rate": MASK_RATE, "bert": False, "dynamic": False, "unigram_bias": False,
     "ppmi_init": False,
 }
-MODEL_KEYS = ("d_model", "nhead", "d_hid", "nlayers", "dropout", "tied", "pre_norm")
+MODEL_KEYS = {"transformer": ("d_model", "nhead", "d_hid", "nlayers", "dropout", "tied", "pre_norm"),
+              "lstm": ("d_model", "d_hid", "nlayers", "dropout", "tied")}
+ARCHITECTURES = {"transformer": MaskedLM, "lstm": ClozeLSTM}
 
 
-def make_model(config: dict, vocab: Vocab) -> MaskedLM:
-    """`unigram_bias` starts the output bias at the log training frequencies: the untrained model is the unigram
-    baseline, and training only has to learn what the context adds."""
+def model_config(config: dict) -> dict:
+    """The keys of `config` that shape its model: its architecture and that architecture's MODEL_KEYS."""
+    arch = config.get("arch", "transformer")
+    return {"arch": arch} | {key: config[key] for key in MODEL_KEYS[arch]}
+
+
+def make_model(config: dict, vocab: Vocab) -> nn.Module:
+    """`config["arch"]` (default "transformer", the tutorial's) with its MODEL_KEYS. `unigram_bias` starts the output
+    bias at the log training frequencies: the untrained model is the unigram baseline, and training only has to learn
+    what the context adds."""
     bias = unigram_log_probs(vocab.frequencies()) if config["unigram_bias"] else None
-    return MaskedLM(len(vocab), **{key: config[key] for key in MODEL_KEYS}, output_bias=bias)
+    shape = model_config(config)
+    return ARCHITECTURES[shape.pop("arch")](len(vocab), **shape, output_bias=bias)
 
 
 def unigram_log_probs(frequencies: torch.Tensor) -> torch.Tensor:
@@ -395,21 +555,131 @@ def train_run(config: dict, run_dir: Path) -> dict:
             "train_seconds": sum(row["seconds"] for row in history), "test_seconds": time.perf_counter() - started}
 
 
+COUNT_ORDERS = (2, 3, 4)
+COUNT_BETAS = (0.9, 1.0, 1.1)
+
+
+def count_run(config: dict, run_dir: Path) -> dict:
+    """The count model of `config["order"]` (both directions), its beta chosen on dev among COUNT_BETAS, then
+    scored once on test. Nothing is trained: counting the training split takes about a second."""
+    started = time.perf_counter()
+    corpus = load_corpus(config["protocol"], config["limit"])
+    model = CountMLM(corpus.train, len(corpus.vocab), config["order"])
+    dev = {}
+    for beta in COUNT_BETAS:
+        model.beta = beta
+        dev[beta] = masked_metrics(model, eval_batches(split_eval_set(corpus, "dev")))
+    model.beta = min(dev, key=lambda beta: dev[beta]["cross_entropy"])
+    return {"config": config, "beta": model.beta, "dev": dev[model.beta], "dev_by_beta": list(dev.values()),
+            "test": masked_metrics(model, eval_batches(split_eval_set(corpus, "test"))),
+            "seconds": time.perf_counter() - started}
+
+
+def count_config(order: int, smoke: bool = False, protocol: str = "offline") -> dict:
+    return {"name": f"count_{order}gram", "order": order, "protocol": protocol, "limit": 20_000 if smoke else None}
+
+
+MIX_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)  # the count model's share in the final system, chosen on dev
+
+
+@torch.no_grad()
+def mixture_metrics(networks: list[nn.Module], counts: CountMLM | None, batches, weights) -> dict[float, dict]:
+    """For each weight w of `weights`: `masked_metrics` of (1 - w) x the mean of the networks' probabilities
+    + w x the count model's. Every model scores each batch once."""
+    sums = {weight: [0.0, 0] for weight in weights}  # summed cross-entropy, correct top-1
+    n = 0
+    for inputs, targets in batches:
+        ensemble = torch.stack([network(inputs).float().softmax(-1) for network in networks]).mean(0)
+        count_probs = counts(inputs).exp() if any(weights) else None
+        for weight, total in sums.items():
+            probs = (1 - weight) * ensemble + weight * count_probs if weight else ensemble
+            total[0] -= probs.gather(1, targets[:, None]).clamp_min(1e-12).log().sum().item()
+            total[1] += (probs.argmax(1) == targets).sum().item()
+        n += len(targets)
+    return {weight: {"cross_entropy": ce / n, "perplexity": math.exp(ce / n), "top1": top1 / n, "positions": n}
+            for weight, (ce, top1) in sums.items()}
+
+
+def combination_run(config: dict, run_dir: Path) -> dict:
+    """The final system: the networks of `config["members"]` (trained runs beside `run_dir`) averaged, as an
+    ensemble, then interpolated with the count model of `config["count"]`, its weight chosen on dev."""
+    started = time.perf_counter()
+    corpus = load_corpus(config["protocol"], config["limit"])
+    networks = []
+    for member in config["members"]:
+        network = make_model(member, corpus.vocab)
+        network.load_state_dict(load_state(run_folder(Path(run_dir).parent, member) / "best.pt"))
+        networks.append(network.eval())
+    counts = CountMLM(corpus.train, len(corpus.vocab), config["count"]["order"], config["count"]["beta"])
+    dev = mixture_metrics(networks, counts, eval_batches(split_eval_set(corpus, "dev")), MIX_WEIGHTS)
+    weight = min(dev, key=lambda w: dev[w]["cross_entropy"])
+    test = mixture_metrics(networks, counts, eval_batches(split_eval_set(corpus, "test")), (0.0, weight))
+    return {"config": config, "count_weight": weight, "dev": dev[weight], "dev_by_weight": list(dev.values()),
+            "test": test[weight], "ensemble_dev": dev[0.0], "ensemble_test": test[0.0],
+            "seconds": time.perf_counter() - started}
+
+
+def random_batches(config: dict, vocab: Vocab, count: int) -> list:
+    """`count` training batches of `config`'s shape and masking, drawn from random words (for cost measurements)."""
+    ids = torch.randint(2, len(vocab), (config["batch_size"] * config["bptt"] * count + 1,))
+    return list(MaskedBatches(ids, config["batch_size"], config["bptt"], loss_on=config["loss_on"],
+                              vocab_size=len(vocab), rate=config["mask_rate"]))[:count]
+
+
+def lstm_layer_flops(passes: int):
+    """A FlopCounterMode formula for the CPU's fused LSTM layer, which has none: its two matrix products,
+    2 x 4h x (inputs + h) per token, `passes` times (1 forward, 2 backward)."""
+    def count(input_shape, input_weights, hidden_weights, *args, **kwargs) -> int:
+        return passes * 2 * math.prod(input_shape[:-1]) * (math.prod(input_weights) + math.prod(hidden_weights))
+    return count
+
+
+LSTM_FLOPS = {torch.ops.aten.mkldnn_rnn_layer: lstm_layer_flops(1),
+              torch.ops.aten.mkldnn_rnn_layer_backward: lstm_layer_flops(2)}
+
+
+def training_flops_per_token(config: dict, vocab: Vocab) -> float:
+    """Measured (torch.utils.flop_counter) floating-point operations of one training step (forward and backward)
+    on a batch of `config`, per training token."""
+    model = make_model(config, vocab)
+    (inputs, targets), = random_batches(config, vocab, 1)
+    with FlopCounterMode(display=False, custom_mapping=LSTM_FLOPS) as counter:
+        F.cross_entropy(model(inputs), targets).backward()
+    return counter.get_total_flops() / inputs[:, 0].numel()
+
+
+def training_seconds_per_token(config: dict, vocab: Vocab, steps: int = 30) -> float:
+    """Wall time of `steps` training steps of `config` (forward, backward, clipping, optimiser), alone in this
+    process with its threads, per training token; one step runs before the clock starts."""
+    model = make_model(config, vocab).train()
+    optimizer, _ = make_optimizer(model, config, steps + 1)  # the learning rate does not change the cost
+    batches = random_batches(config, vocab, steps + 1)
+    for step, (inputs, targets) in enumerate(batches):
+        if step == 1:
+            started = time.perf_counter()
+        optimizer.zero_grad()
+        F.cross_entropy(model(inputs), targets).backward()
+        nn.utils.clip_grad_norm_(model.parameters(), config["clip"])
+        optimizer.step()
+    return (time.perf_counter() - started) / (steps * inputs[:, 0].numel())
+
+
 # ---------------------------------------------------------------- checkpoints
 POSITIONS_KEY = "pos_encoder.pe"  # a fixed table, recomputed by the model: not worth storing
 
 
-def save_checkpoint(model: MaskedLM, config: dict, path: Path) -> None:
+def save_checkpoint(model: nn.Module, config: dict, path: Path) -> None:
     """The configuration and the weights in half precision (tied weights stay shared: stored once)."""
     state = copy.deepcopy(model).half().state_dict()
     torch.save({"config": config, "state_dict": {k: v for k, v in state.items() if k != POSITIONS_KEY}}, path)
 
 
-def load_checkpoint(path: Path, vocab: Vocab) -> MaskedLM:
+def load_checkpoint(path: Path, vocab: Vocab) -> nn.Module:
     saved = torch.load(path, map_location="cpu", weights_only=True)
     model = make_model(saved["config"], vocab)
     result = model.load_state_dict(saved["state_dict"], strict=False)  # half precision is copied into float32
-    if result.missing_keys != [POSITIONS_KEY] or result.unexpected_keys:
+    recomputed = [POSITIONS_KEY] if POSITIONS_KEY in model.state_dict() else []
+    if result.missing_keys != recomputed or result.unexpected_keys:
         raise ValueError(f"{path} does not match its model: {result}")
     return model
 
@@ -495,40 +765,31 @@ def change_slug(label: str) -> str:
     return re.sub(r"\W+", "_", label.lower()).strip("_")
 
 
-TUNING = {  # label -> changes to the ablation's winner, at the same parameters and tokens seen
-    "peak lr 0.01": {"lr": 1e-2},
-    "peak lr 0.03": {"lr": 3e-2},
-    "batch 10 (twice the steps)": {"batch_size": 10},
-    "dropout 0": {"dropout": 0.0},
-    "mask 40% of the training words": {"mask_rate": 0.4},
-    "mask 50% of the training words": {"mask_rate": 0.5},
-    "mask 60% of the training words": {"mask_rate": 0.6},
-}
-
-
 def recipe(config: dict) -> dict:
     """A run's configuration without what `make_config` sets: its name and profile (epochs, token limit)."""
     return {key: value for key, value in config.items() if key not in ("name", "limit", "epochs")}
 
 
-def tuning_configs(winner: dict, smoke: bool = False) -> dict[str, dict]:
-    """The ablation winner's configuration with each TUNING change; `smoke` sets the profile."""
-    return {label: make_config(f"tuned_{change_slug(label)}", smoke, **(recipe(winner) | change))
-            for label, change in TUNING.items()}
+def seed_configs(config: dict, seeds=(1, 2)) -> list[dict]:
+    """`config` again under other seeds (named `<name>_seed<n>`)."""
+    return [config | {"seed": seed, "name": f"{config['name']}_seed{seed}"} for seed in seeds]
 
 
-LONGER = {"epochs": 12}  # the unrestricted runs: 4x the tokens seen, with their own warmup and cosine decay
+CLOZE_LSTM = {  # the bidirectional LSTM's recipe: AdamW, every position a target, a fresh 15% of the inputs masked
+    "arch": "lstm", "d_model": 256, "d_hid": 256, "nlayers": 1, "dropout": 0.4, "tied": True, "batch_size": 32,
+    "optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.1, "warmup": 0.05, "clip": 1.0, "loss_on": "all",
+    "dynamic": True, "mask_rate": 0.15, "unigram_bias": True,
+}
+LSTM_CHOICES = {  # label -> changes to CLOZE_LSTM, chosen between on dev
+    "BiLSTM 256, 4 epochs": {"epochs": 4},
+    "BiLSTM 256, 8 epochs": {"epochs": 8},
+}
 
 
-def unrestricted_configs(same_resources: dict, smoke: bool = False) -> dict[str, dict]:
-    """The all-changes recipe (with and without the PPMI init) and the same-resources model's recipe, each trained
-    4x longer."""
-    return {"all changes, 4x longer (12 epochs)": make_config("unrestricted_all_changes", smoke,
-                                                              **(ALL_CHANGES | LONGER)),
-            "all changes but the PPMI init, 4x longer (12 epochs)": make_config(
-                "unrestricted_all_changes_random_init", smoke, **(ALL_CHANGES | LONGER | {"ppmi_init": False})),
-            "same-resources model, 4x longer (12 epochs)": make_config("unrestricted_same_resources", smoke,
-                                                                       **(recipe(same_resources) | LONGER))}
+def unrestricted_configs(smoke: bool = False) -> dict[str, dict]:
+    """Without the budget: a different architecture and objective, the bidirectional LSTM, at two lengths."""
+    return {label: make_config(f"cloze_{change_slug(label)}", smoke, **(CLOZE_LSTM | change))
+            for label, change in LSTM_CHOICES.items()}
 
 
 # ---------------------------------------------------------------- the committed predictor
@@ -557,9 +818,9 @@ def export_predictor(folder=CHECKPOINTS, smoke: bool = False) -> Path:
     scores = results.get("models", {}).get(results.get("unrestricted_model"), {})
     return write_manifest(
         folder, challenge="mlm", task="masked-word prediction: the most likely words for each [MASK] of a text",
-        model={"class": "common.MaskedLM", "builder": "common.make_model(config, vocab)",
-               "config": {key: config[key] for key in MODEL_KEYS}, "parameters": count_parameters(model),
-               "max_length": model.pos_encoder.pe.shape[0],
+        model={"class": f"common.{type(model).__name__}", "builder": "common.make_model(config, vocab)",
+               "config": model_config(config), "parameters": count_parameters(model),
+               "max_length": model.pos_encoder.pe.shape[0] if hasattr(model, "pos_encoder") else None,
                "output": "logits over the vocabulary at the masked positions; probabilities are their softmax "
                          "over real words (<unk> and <mask> excluded)"},
         vocabulary={"file": VOCAB_FILE, "words": len(vocab), "specials": [UNK, MASK],
@@ -588,14 +849,15 @@ def export_predictor(folder=CHECKPOINTS, smoke: bool = False) -> Path:
 class MlmPredictor:
     """The saved model and its vocabulary: `predict(sentences)` gives one row per [MASK]."""
 
-    def __init__(self, manifest: dict, model: MaskedLM, vocab: Vocab):
+    def __init__(self, manifest: dict, model: nn.Module, vocab: Vocab):
         self.manifest, self.model, self.vocab = manifest, model.eval(), vocab
         self.window, self.top_k = manifest["input"]["window"], manifest["top_k"]
 
     def predict(self, sentences) -> pd.DataFrame:
         """A string or a list of strings: columns sentence (its index), mask (1, 2, ... within the sentence),
-        position (token index), context, prediction, probability, top words, error. A sentence that cannot be
-        scored (not text, empty, no [MASK]) gets one row with its error."""
+        position (token index), context, prediction, probability, top words, warning, error. A sentence that
+        cannot be scored (not text, empty, no [MASK]) gets one row with its error; a [MASK] whose window holds no
+        known word gets a warning."""
         sentences = [sentences] if isinstance(sentences, str) or not isinstance(sentences, list | tuple) \
             else sentences
         rows = []
@@ -604,9 +866,9 @@ class MlmPredictor:
                 rows += [{"sentence": index, **row, "error": ""} for row in self._fill(sentence)]
             except ValueError as e:
                 rows.append({"sentence": index, "context": "", "prediction": "", f"top {self.top_k}": "",
-                             "error": str(e)})
+                             "warning": "", "error": str(e)})
         columns = ["sentence", "mask", "position", "context", "prediction", "probability", f"top {self.top_k}",
-                   "error"]
+                   "warning", "error"]
         return pd.DataFrame(rows, columns=columns).astype({"mask": "Int64", "position": "Int64", "probability": float})
 
     def _fill(self, sentence) -> list[dict]:
@@ -622,8 +884,16 @@ class MlmPredictor:
         filled = fill_ids(self.model, self.vocab, ids, self.top_k, self.window)
         return [{"mask": n, "position": position, "context": context(tokens, position),
                  "prediction": top[0][0], "probability": round(top[0][1], 4),
-                 f"top {self.top_k}": ", ".join(f"{word} {p:.3f}" for word, p in top)}
+                 f"top {self.top_k}": ", ".join(f"{word} {p:.3f}" for word, p in top),
+                 "warning": self._warning(ids, position)}
                 for n, (position, top) in enumerate(zip(positions, filled), 1)]
+
+    def _warning(self, ids: torch.Tensor, position: int) -> str:
+        start = position // self.window * self.window
+        around = ids[start:start + self.window]
+        if ((around != UNK_ID) & (around != MASK_ID)).any():
+            return ""
+        return "no word of its window is in the vocabulary: the guess rests on word frequencies alone"
 
     def __repr__(self) -> str:
         test = self.manifest["source"]["test"]
@@ -662,6 +932,6 @@ def long_text(words: int = 6_000, masks: tuple[int, ...] = (40, 5_950)) -> str:
 
 
 def demo_inputs() -> list[str]:
-    """The notebook's sentences, then inputs that must be refused with a reason (empty, no [MASK]) and a text
-    of 6,000 words with two [MASK]s (longer than the model's 5,000 positions: scored window by window)."""
-    return [*DEMO_SENTENCES, "", "a sentence without a blank .", long_text()]
+    """The notebook's sentences, then inputs that must be refused with a reason (empty, no [MASK]), a text of
+    6,000 words with two [MASK]s (scored window by window) and one of unknown words only (a warning)."""
+    return [*DEMO_SENTENCES, "", "a sentence without a blank .", long_text(), "zxq [MASK] qqzx"]

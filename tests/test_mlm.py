@@ -228,15 +228,6 @@ def test_ablation_reverts_exactly_one_change_at_a_time():
         assert differing == set(change), label
 
 
-@pytest.mark.parametrize("smoke", [False, True])
-def test_tuning_changes_only_its_keys_and_keeps_the_tokens_seen(smoke):
-    winner = common.ablation_configs(smoke)["without loss on masked positions only"]
-    for label, config in common.tuning_configs(winner, smoke).items():
-        differing = {k for k in common.BASELINE if config[k] != winner[k]}
-        assert differing == set(common.TUNING[label]), label
-        assert (config["epochs"], config["limit"]) == (winner["epochs"], winner["limit"])
-
-
 def test_fill_mask_ranks_words_for_each_mask():
     vocab = common.Vocab("the cat sat on the mat".split())
     torch.manual_seed(0)
@@ -269,14 +260,152 @@ def test_sentence_ids_split_punctuation_and_map_unknown_words():
                             vocab.stoi["."]]
 
 
-def test_unrestricted_runs_train_each_recipe_four_times_longer():
-    same = common.make_config("same", **(common.ALL_CHANGES | {"loss_on": "all", "mask_rate": 0.5}))
-    configs = common.unrestricted_configs(same)
-    assert [c["epochs"] for c in configs.values()] == [4 * common.BASELINE["epochs"]] * 3
-    assert [c["ppmi_init"] for c in configs.values()] == [True, False, True]
-    longer_same = configs["same-resources model, 4x longer (12 epochs)"]
-    assert {k for k in common.BASELINE if longer_same[k] != same[k]} == {"epochs"}
-    assert all(c["epochs"] == 1 for c in common.unrestricted_configs(same, smoke=True).values())
+def test_unrestricted_runs_are_the_lstm_recipe_at_two_lengths():
+    configs = common.unrestricted_configs()
+    assert [c["epochs"] for c in configs.values()] == [4, 8]
+    for config in configs.values():
+        assert config["arch"] == "lstm" and common.recipe(config) == common.recipe(common.BASELINE | common.CLOZE_LSTM)
+    assert all((c["epochs"], c["limit"]) == (1, 20_000) for c in common.unrestricted_configs(smoke=True).values())
+
+
+def test_seed_configs_change_only_the_seed_and_name_the_run_after_it():
+    config = common.make_config("same")
+    reseeded = common.seed_configs(config)
+    assert [(c["seed"], c["name"]) for c in reseeded] == [(1, "same_seed1"), (2, "same_seed2")]
+    assert all({k for k in config if c[k] != config[k]} == {"seed", "name"} for c in reseeded)
+
+
+LSTM = common.BASELINE | common.CLOZE_LSTM | {"d_model": 16, "d_hid": 12, "dropout": 0.0}
+
+
+def test_cloze_lstm_predicts_each_position_from_both_sides_but_never_from_its_own_input():
+    torch.manual_seed(0)
+    model = common.make_model(LSTM, VOCAB).eval()
+    ids = torch.randint(2, 1000, (1, 12))
+    predict = torch.zeros(1, 12, dtype=torch.bool)
+    predict[0, 5] = True
+
+    def logits_with(position, word):
+        changed = ids.clone()
+        changed[0, position] = word
+        return model(common.pack(changed, predict))
+
+    same = model(common.pack(ids, predict))
+    assert torch.equal(logits_with(5, 7), same)  # its own input is never read
+    assert not torch.allclose(logits_with(0, 7), same) and not torch.allclose(logits_with(11, 7), same)
+    everything = model(common.pack(ids, torch.ones_like(predict)))
+    assert torch.allclose(everything[5], same[0], atol=1e-6)
+
+
+def test_lstm_checkpoint_round_trips_without_a_positional_table(tmp_path):
+    model = common.make_model(LSTM, VOCAB).eval()
+    common.save_checkpoint(model, LSTM, tmp_path / "lstm.pt")
+    loaded = common.load_checkpoint(tmp_path / "lstm.pt", VOCAB).eval()
+    x = common.pack(torch.randint(2, 1000, (2, 35)), torch.rand(2, 35) < 0.2)
+    assert isinstance(loaded, common.ClozeLSTM) and torch.allclose(model(x), loaded(x), atol=0.02)
+
+
+def test_lstm_flops_are_counted_as_their_two_matrix_products_per_pass():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    lstm, x = torch.nn.LSTM(8, 6, batch_first=True), torch.randn(3, 5, 8)
+    with FlopCounterMode(display=False, custom_mapping=common.LSTM_FLOPS) as counter:
+        lstm(x)[0].sum().backward()
+    assert counter.get_total_flops() == 3 * 2 * 15 * 4 * 6 * (8 + 6)  # forward + twice that backward
+    lstm_config = common.make_config("lstm", **common.CLOZE_LSTM)
+    assert common.training_flops_per_token(lstm_config, VOCAB) > 3 * 2 * 2 * 4 * 256 * 512  # both directions
+
+
+def test_training_cost_is_measured_per_token_and_grows_with_the_model():
+    small = common.make_config("small", **{"d_model": 16, "d_hid": 16})
+    flops = common.training_flops_per_token(small, VOCAB)
+    assert flops > 3 * 2 * 16 * 1000  # at least the decoder's forward and backward at every position
+    assert common.training_flops_per_token(common.BASELINE, VOCAB) > 5 * flops
+    assert 0 < common.training_seconds_per_token(small, VOCAB, steps=2) < 0.05  # per token, not per step
+
+
+# ---------------------------------------------------------------- count models
+COUNT_IDS = torch.tensor([2, 3, 4, 2, 3, 5, 2, 4, 4, 0, 3, 2, 3, 4, 5, 5, 2])  # <unk> (0) and words 2-5
+COUNT_VOCAB = 6
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_kneser_ney_gives_a_distribution_over_the_words_for_any_history(order):
+    model = common.KneserNey(COUNT_IDS, COUNT_VOCAB, order)
+    histories = np.array([[2, 3], [5, 5], [-1, 4], [-1, -1], [3, -1], [0, 1]])[:, 2 - (order - 1):]
+    probs = model.next_word_probs(histories)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-9)
+    assert (probs[:, common.MASK_ID] == 0).all() and (probs[:, [0, 2, 3, 4, 5]] > 0).all()
+
+
+def test_kneser_ney_bigram_matches_its_formula():
+    model = common.KneserNey(COUNT_IDS, COUNT_VOCAB, 2)
+    pairs = list(zip(COUNT_IDS[:-1].tolist(), COUNT_IDS[1:].tolist()))
+    counts = {pair: pairs.count(pair) for pair in set(pairs)}
+    n1, n2 = sum(c == 1 for c in counts.values()), sum(c == 2 for c in counts.values())
+    d = n1 / (n1 + 2 * n2)
+    followers = {w: len({a for a, b in counts if b == w}) for w in range(COUNT_VOCAB)}  # continuation counts
+    continuation = np.array([followers[w] for w in range(COUNT_VOCAB)], dtype=float)
+    d1 = model.levels[0][2]
+    uniform = np.where(np.arange(COUNT_VOCAB) == common.MASK_ID, 0, 1 / (COUNT_VOCAB - 1))
+    lower = np.maximum(continuation - d1, 0) / continuation.sum() + d1 * (continuation > 0).sum() / (
+        continuation.sum()) * uniform
+    context = 3
+    total = sum(c for (a, _), c in counts.items() if a == context)
+    types = sum(1 for a, _ in counts if a == context)
+    expected = np.array([max(counts.get((context, w), 0) - d, 0) / total for w in range(COUNT_VOCAB)])
+    expected += d * types / total * lower
+    expected[common.MASK_ID] = 0
+    np.testing.assert_allclose(model.next_word_probs(np.array([[context]]))[0], expected, rtol=1e-9)
+
+
+def test_bigram_counts_from_both_sides_are_the_markov_sandwich():
+    model = common.CountMLM(COUNT_IDS, COUNT_VOCAB, order=2, beta=1.0)
+    ids = np.array([[3, common.MASK_ID, 4, 2]])
+    log_probs = model.log_probs(ids, np.array([0]), np.array([1]))[0]
+    forward = model.forward_model.next_word_probs(np.array([[3]]))[0]  # P(w | left = 3)
+    after = model.forward_model.next_word_probs(np.arange(COUNT_VOCAB)[:, None])[:, 4]  # P(right = 4 | w)
+    sandwich = forward * after
+    sandwich[common.MASK_ID] = 0
+    # the backward model estimates P(w | right) P(right) / P(w) by its own counts: the same up to smoothing
+    np.testing.assert_allclose(np.exp(log_probs), sandwich / sandwich.sum(), atol=0.08)
+    np.testing.assert_allclose(np.exp(log_probs).sum(), 1, rtol=1e-6)
+
+
+def test_count_model_ignores_masked_neighbours_and_window_edges():
+    model = common.CountMLM(COUNT_IDS, COUNT_VOCAB, order=3)
+    ids = np.array([[common.MASK_ID, 3, common.MASK_ID, 4]])
+    np.testing.assert_array_equal(model.histories(ids, np.array([0]), np.array([2]), -1), [[-1, 3]])
+    np.testing.assert_array_equal(model.histories(ids, np.array([0]), np.array([2]), +1), [[-1, 4]])
+    np.testing.assert_array_equal(model.histories(ids, np.array([0]), np.array([0]), -1), [[-1, -1]])
+
+
+def test_mixture_of_one_network_without_counts_is_its_own_score():
+    torch.manual_seed(0)
+    network = common.make_model(common.BASELINE | {"d_model": 16, "d_hid": 16}, VOCAB).eval()
+    batches = common.eval_batches(common.fixed_eval_set(torch.randint(2, 1000, (700,)), seq_len=35))
+    alone = common.masked_metrics(network, batches)
+    mixed = common.mixture_metrics([network], None, batches, [0.0])[0.0]
+    assert mixed["cross_entropy"] == pytest.approx(alone["cross_entropy"], rel=1e-5)
+    assert mixed["top1"] == alone["top1"] and mixed["positions"] == alone["positions"]
+    twice = common.mixture_metrics([network, network], None, batches, [0.0])[0.0]
+    assert twice["cross_entropy"] == pytest.approx(alone["cross_entropy"], rel=1e-5)
+
+
+def test_mixture_interpolates_network_and_count_probabilities():
+    torch.manual_seed(0)
+    vocab = common.Vocab([f"w{i}" for i in range(20)] * 3)
+    stream = torch.randint(2, len(vocab), (700,))
+    network = common.make_model(common.BASELINE | {"d_model": 16, "d_hid": 16}, vocab).eval()
+    counts = common.CountMLM(stream, len(vocab), order=2)
+    batches = common.eval_batches(common.fixed_eval_set(stream, seq_len=35))
+    mixed = common.mixture_metrics([network], counts, batches, [0.0, 0.5, 1.0])
+    assert mixed[1.0]["cross_entropy"] == pytest.approx(common.masked_metrics(counts, batches)["cross_entropy"],
+                                                         rel=1e-5)
+    inputs, targets = batches[0]
+    half = (0.5 * network(inputs).softmax(-1) + 0.5 * counts(inputs).exp()).gather(1, targets[:, None]).log()
+    one_batch = common.mixture_metrics([network], counts, batches[:1], [0.5])[0.5]
+    assert one_batch["cross_entropy"] == pytest.approx(-half.mean().item(), rel=1e-5)
 
 
 # ---------------------------------------------------------------- the committed predictor
@@ -315,10 +444,11 @@ def test_predictor_gives_one_row_per_mask_and_an_error_row_per_unusable_sentence
     inputs = common.demo_inputs()
     table = predictor.predict(inputs)
     assert list(table.columns) == ["sentence", "mask", "position", "context", "prediction", "probability", "top 5",
-                                   "error"]
-    assert table["sentence"].tolist() == [0, 1, 2, 3, 4, 5, 5]
+                                   "warning", "error"]
+    assert table["sentence"].tolist() == [0, 1, 2, 3, 4, 5, 5, 6]
     good = table[table["error"] == ""]
-    assert len(good) == 5 and good["prediction"].str.len().gt(0).all()
+    assert len(good) == 6 and good["prediction"].str.len().gt(0).all()
+    assert (good["warning"] != "").tolist() == [False] * 5 + [True]
     assert good["probability"].between(0, 1).all()
     for top in good["top 5"]:
         probabilities = [float(p) for p in re.findall(r"(?:^|, )\S+ (\d\.\d{3})", top)]  # a word may be ","
@@ -326,7 +456,7 @@ def test_predictor_gives_one_row_per_mask_and_an_error_row_per_unusable_sentence
     assert "empty" in table.loc[3, "error"] and "no [MASK]" in table.loc[4, "error"]
     long = table[table["sentence"] == 5]
     assert long["position"].tolist() == [40, 5_950] and long["mask"].tolist() == [1, 2]
-    assert len(common.sentence_tokens(inputs[5])) > predictor.manifest["model"]["max_length"]
+    assert len(common.sentence_tokens(inputs[5])) > 5_000  # beyond the tutorial's table of positions
     assert "[MASK]" in long["context"].iloc[1]
 
 
@@ -354,7 +484,7 @@ def test_predictor_manifest_describes_the_committed_model(predictor):
     manifest = predictor.manifest
     assert manifest["vocabulary"]["words"] == len(predictor.vocab) == predictor.model.embedding.num_embeddings
     assert manifest["input"]["window"] == manifest["source"]["recipe"]["bptt"] == common.EVAL_SEQ_LEN
-    assert manifest["model"]["config"] == {k: manifest["source"]["recipe"][k] for k in common.MODEL_KEYS}
+    assert manifest["model"]["config"] == common.model_config(manifest["source"]["recipe"])
     assert repr(predictor).startswith("mlm masked-word predictor")
 
 
