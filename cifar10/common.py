@@ -56,7 +56,8 @@ def load_cifar10(root=DATA_ROOT, limit_per_class: int | None = None) -> dict[str
 # ---------------------------------------------------------------- augmentation
 
 def cutout(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Zero one random size x size square per sample (DeVries & Taylor 2017), clipped at the borders."""
+    """Zero one random square per sample (DeVries & Taylor 2017), clipped at the borders: every pixel within
+    size // 2 of a random centre, so an odd side of 2 * (size // 2) + 1 (size 12 zeroes 13 x 13)."""
     n, _, h, w = x.shape
     cy, cx = torch.randint(0, h, (n, 1, 1)), torch.randint(0, w, (n, 1, 1))
     rows, cols = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
