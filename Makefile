@@ -20,10 +20,11 @@ system-packages:
 		|| ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq ncbi-blast+ >/dev/null 2>&1) \
 		|| echo "WARNING: could not install ncbi-blast+ with apt-get; tale needs it, the other challenges do not"
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml $(wildcard */__init__.py)  # a new challenge package reinstalls
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation --editable .  # mlkit and the challenges, importable anywhere
 	touch $@
 
 prepare: setup

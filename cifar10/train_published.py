@@ -2,17 +2,16 @@
 (`cifar10/runs`); the notebook then loads them. Used for airbench96, which takes minutes on a GPU and hours
 on a 2-core CPU. From the repository root:
 
-    PYTHONPATH=. python cifar10/train_published.py airbench96          # all its runs
-    PYTHONPATH=. python cifar10/train_published.py airbench96-74ep-s0  # the runs whose names start so
+    python -m cifar10.train_published airbench96          # all its runs
+    python -m cifar10.train_published airbench96-74ep-s0  # the runs whose names start so
 """
 import sys
 from pathlib import Path
 
 import torch
 
+from cifar10 import common
 from mlkit.experiments import run_all
-
-import common
 
 if __name__ == "__main__":
     torch.backends.cudnn.benchmark = True

@@ -383,7 +383,7 @@ def export_predictor(folder=CHECKPOINTS, smoke: bool = False) -> Path:
                                                               if dataset == "scene15" else ")"),
                   "trained_on_all_data": False, "note": TRAINED_ON_SPLIT_ONLY,
                   "all_data_model": "not trained: it would be the scaled recipe run again on a GPU without a "
-                                    "validation split (indoor_scene/train_scaled.py trains the split-seed runs only)"},
+                                    "validation split (indoor_scene.train_scaled trains the split-seed runs only)"},
         training_split_hashes={"file": TRAINING_HASHES, "array": "sha256_64", "files": len(keys),
                                "hash": "sha256 of the file bytes, first 16 hex digits as an unsigned 64-bit integer",
                                "covers": "every file of the training split, and the copies with identical pixels "

@@ -2,16 +2,15 @@
 (`indoor_scene/runs`); the notebook then loads them. The scaled recipe takes minutes per split seed on a GPU
 and hours on a 2-core CPU. From the repository root:
 
-    PYTHONPATH=. python indoor_scene/train_scaled.py scene15 0 1 2
+    python -m indoor_scene.train_scaled scene15 0 1 2
 """
 import sys
 from pathlib import Path
 
 import torch
 
+from indoor_scene import common
 from mlkit.experiments import run_all
-
-import common
 
 if __name__ == "__main__":
     torch.backends.cudnn.benchmark = True

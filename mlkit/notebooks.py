@@ -12,10 +12,12 @@ setup cell, the parameters cell, and the cells tagged `export` (writes the predi
 weights) and `predict` (uses it); their outputs replace those cells' outputs in place.
 """
 import argparse
+import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 from .results import CHALLENGES, REPOSITORY, ROOT
 from .runtime import atomic_path
@@ -23,13 +25,14 @@ from .runtime import atomic_path
 NOTEBOOK_ORDER = ("Baseline.ipynb", "Challenge.ipynb")
 SETUP_CELL = """\
 # Setup: run this cell first. In Colab it clones the repository (set REPO_URL to use a fork) and installs
-# only what Colab lacks; elsewhere it finds the repository this notebook sits in.
+# only what Colab lacks; elsewhere the project is installed in this kernel's environment by `make setup`.
 import os
 import subprocess
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
-if "google.colab" in sys.modules and not Path("../mlkit").is_dir():
+if "google.colab" in sys.modules and find_spec("mlkit") is None:
     REPO_URL = os.environ.get("REPO_URL", "https://github.com/{repository}.git")
     if not Path("/content/repo/mlkit").is_dir():
         clone = subprocess.run(["git", "clone", "-q", "--depth", "1", REPO_URL, "/content/repo"],
@@ -37,11 +40,13 @@ if "google.colab" in sys.modules and not Path("../mlkit").is_dir():
         if clone.returncode:
             raise RuntimeError(f"git clone {{REPO_URL}} failed: {{clone.stderr.strip()}}")
     os.chdir("/content/repo/{challenge}")
-    sys.path.insert(0, "/content/repo")
+    sys.path.insert(0, "/content/repo")  # a running kernel does not see a fresh pip install -e
     from mlkit.colab import install
 
     install("{challenge}")
-sys.path.insert(0, os.path.abspath(".."))"""
+elif find_spec("mlkit") is None:
+    raise ModuleNotFoundError("this kernel cannot import the project: run `make setup` in the repository, then "
+                              "choose its environment (.venv) as the kernel, or `pip install -e <repository>`")"""
 
 
 def setup_cell(challenge: str) -> str:
@@ -148,10 +153,17 @@ def standalone_cells(notebook, tags=STANDALONE_TAGS) -> list[int]:
 
 
 def _papermill(path: Path, params: dict, cwd: Path) -> None:
+    """Execute `path` in place in a kernel started in `cwd`. A notebook inside a copy of the repository imports
+    that copy's code (its root first on PYTHONPATH), not the one installed in the environment."""
     import papermill
 
-    papermill.execute_notebook(str(path), str(path), parameters=params, cwd=str(cwd), kernel_name="python3",
-                               progress_bar=False)
+    root = cwd.resolve().parent
+    env = {}
+    if (root / "mlkit").is_dir():
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+    with mock.patch.dict(os.environ, env):
+        papermill.execute_notebook(str(path), str(path), parameters=params, cwd=str(cwd), kernel_name="python3",
+                                   progress_bar=False)
 
 
 def main(argv=None) -> int:

@@ -12,13 +12,7 @@ import sys
 import pandas as pd
 
 from .predictors import timed_prediction
-from .results import CHALLENGES, ROOT
-
-
-def challenge_module(challenge: str):
-    """`<challenge>/common.py`, imported as the notebooks do (its folder first on the path)."""
-    sys.path[:0] = [str(ROOT / challenge), str(ROOT)]
-    return importlib.import_module("common")
+from .results import CHALLENGES
 
 
 def main(argv=None) -> int:
@@ -26,7 +20,7 @@ def main(argv=None) -> int:
     parser.add_argument("challenge", choices=CHALLENGES)
     parser.add_argument("inputs", nargs="*", help="files, folders or text; default: the demo inputs")
     args = parser.parse_args(argv)
-    common = challenge_module(args.challenge)
+    common = importlib.import_module(f"{args.challenge}.common")
     inputs = args.inputs or [common.demo_inputs()]
     predictor, table, seconds = timed_prediction(common.load_predictor, inputs if len(inputs) > 1 else inputs[0])
     with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200,

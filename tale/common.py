@@ -23,7 +23,7 @@ from mlkit.results import load_results
 from mlkit.runtime import seed_everything
 from mlkit.train import fit, load_half, load_state, parameter_count, predict_logits
 
-from evaluation import (
+from .evaluation import (
     bootstrap_difference,
     evaluate,
     fmax_from_counts,
@@ -31,8 +31,8 @@ from evaluation import (
     precision_recall,
     threshold_counts,
 )
-from networks import TALE, DeepGOCNN, TALELoss
-from proteins import (
+from .networks import TALE, DeepGOCNN, TALELoss
+from .proteins import (
     ONTOLOGIES,
     RESIDUES,
     SWISSPROT_PACKAGE,

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from proteins import VOCAB_SIZE
+from .proteins import VOCAB_SIZE
 
 
 def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:

@@ -5,12 +5,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, load_challenge
 from PIL import Image
 
+from cifar10 import common
+from mlkit.results import ROOT
 from mlkit.train import load_half, save_half
-
-common = load_challenge("cifar10")
 
 
 def test_cutout_zeroes_one_square_of_the_given_size_per_sample():

@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, load_challenge
 
+from distillation import common
 from mlkit.images import list_files
-
-common = load_challenge("distillation")
+from mlkit.results import ROOT
 
 
 def test_distillation_loss_without_teacher_weight_is_cross_entropy():

@@ -9,17 +9,15 @@ import nbformat
 import numpy as np
 import pytest
 import torch
-from conftest import load_challenge
 from PIL import Image
 from scipy.stats import ttest_rel
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from doom_crossing import common
 from mlkit import pretrained
 from mlkit.images import list_files
 from mlkit.predictors import read_manifest
-
-common = load_challenge("doom_crossing")
 
 
 def test_split_is_stratified_deterministic_and_disjoint():

@@ -89,12 +89,11 @@ def test_hardware_is_recorded_before_training_and_kept_when_resumed_elsewhere(tm
 
 
 def test_workers_die_with_the_process_that_started_them(tmp_path):
-    script = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
-              "from mlkit.experiments import run_all\nimport experiment_fixture\n"
-              "run_all(experiment_fixture.sleep_forever, [{'x': 1}, {'x': 2}], sys.argv[3], workers=2)\n")
+    script = ("import sys\nfrom mlkit.experiments import run_all\nimport experiment_fixture\n"  # from tests/
+              "run_all(experiment_fixture.sleep_forever, [{'x': 1}, {'x': 2}], sys.argv[1], workers=2)\n")
     runs = tmp_path / "runs"
     runs.mkdir()
-    parent = subprocess.Popen([sys.executable, "-c", script, str(ROOT), str(ROOT / "tests"), str(runs)])
+    parent = subprocess.Popen([sys.executable, "-c", script, str(runs)], cwd=ROOT / "tests")
     deadline = time.monotonic() + 60
     while len(list(runs.glob("worker-*"))) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)

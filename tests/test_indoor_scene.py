@@ -4,14 +4,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, load_challenge
 from PIL import Image
 from sklearn.metrics import balanced_accuracy_score
 
+from indoor_scene import common
 from mlkit.images import ImageArrays
 from mlkit.predictors import load_arrays
-
-common = load_challenge("indoor_scene")
+from mlkit.results import ROOT
 
 
 def arrays(images, labels):

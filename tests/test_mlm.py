@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import load_challenge
 
-common = load_challenge("mlm")
+from mlm import common
 
 WIKI = "\n".join([  # WikiText's layout: a space at both ends of every line
     " ", " = First article = ", " ", " the cat sat on the mat . ", " ", " = = A section = = ",

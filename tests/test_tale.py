@@ -10,17 +10,13 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import load_challenge
 
 import mlkit.predictors as mlkit_predictors
 import mlkit.train
 from mlkit.train import load_state
+from tale import common, networks, proteins
 
 torch.set_num_threads(1)
-
-common = load_challenge("tale")  # tale/common.py; it imports `proteins` and `networks` as top-level modules
-proteins = load_challenge("tale", "proteins")
-networks = load_challenge("tale", "networks")
 
 TINY = {"dim": 8, "layers": 1, "heads": 2, "ffn_dim": 8}
 

@@ -1,9 +1,8 @@
 import numpy as np
 import pytest
-from conftest import load_challenge
 from sklearn.metrics import average_precision_score
 
-ev = load_challenge("tale", "evaluation")
+from tale import evaluation as ev
 
 
 def random_problem(seed, proteins=30, terms=20):

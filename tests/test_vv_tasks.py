@@ -7,12 +7,11 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, load_challenge
 from PIL import Image, ImageDraw
 
 from mlkit.images import BadImageError, ImageArrays
-
-common = load_challenge("vv_tasks")
+from mlkit.results import ROOT
+from vv_tasks import common
 
 
 @pytest.mark.parametrize("name, params", [("ModelTask1", 31_303), ("ModelTask3", 69_120), ("ModelTask4", 69_120)])

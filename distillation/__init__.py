@@ -1,0 +1,1 @@
+"""Knowledge distillation: a frozen ResNet-152 master on Intel Image Classification, compact int8 students."""

@@ -1,0 +1,1 @@
+"""Protein function (GO term) prediction: the TALE transformer, DeepGOCNN, naive and BLAST baselines."""

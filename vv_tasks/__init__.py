@@ -1,0 +1,1 @@
+"""The vv-test tasks: fixed models and recipes, and the data fixes that make them train."""
