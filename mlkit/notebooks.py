@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
 
-from .results import CHALLENGES, REPOSITORY, ROOT
+from .results import CHALLENGES, REPOSITORY, ROOT, load_results, results_line
 from .runtime import atomic_path
 
 NOTEBOOK_ORDER = ("Baseline.ipynb", "Challenge.ipynb")
@@ -121,6 +121,7 @@ def execute(notebook: Path, profile: str, output_dir: Path | None = None, only: 
                 whole.cells[index] = cell
             executed.cells = whole.cells
         compact_images(executed)
+        compact_streams(executed)
         for key in ("input_path", "output_path"):  # absolute paths mean nothing on another machine
             executed.metadata.get("papermill", {}).pop(key, None)
         nbformat.write(executed, tmp)
@@ -143,6 +144,26 @@ def compact_images(notebook, min_bytes: int = 100_000) -> None:
             buffer = io.BytesIO()
             image.save(buffer, "JPEG", quality=85)
             data["image/jpeg"] = base64.b64encode(buffer.getvalue()).decode()
+
+
+def compact_streams(notebook) -> None:
+    """Store each cell's consecutive stream outputs of one kind as one output, and each progress bar as its last
+    state: a bar redrawn with carriage returns arrives as hundreds of fragments, of which a reader sees the last."""
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        merged = []
+        for output in cell.outputs:
+            if output.output_type == "stream" and merged and merged[-1].get("name") == output.name:
+                merged[-1].text += output.text
+            else:
+                merged.append(output)
+        for output in (o for o in merged if o.output_type == "stream"):
+            lines = [line.rsplit("\r", 1)[-1] for line in output.text.split("\n")]
+            if output.name == "stderr":  # bars that cleared themselves (leave=False) leave empty lines
+                lines = [line for line in lines if line.strip()] + [""]
+            output.text = "\n".join(lines)
+        cell.outputs = [o for o in merged if o.output_type != "stream" or o.text.strip()]
 
 
 def standalone_cells(notebook, tags=STANDALONE_TAGS) -> list[int]:
@@ -186,12 +207,9 @@ def main(argv=None) -> int:
             print(f"  done in {time.perf_counter() - started:.0f} s", flush=True)
         out = ROOT / challenge if args.profile == "full" else ROOT / "runs" / args.profile / challenge
         if (out / "results.json").exists():
-            summary.append((challenge, (out / "results.json").read_text()))
+            summary.append(results_line(load_results(out), challenge))
     print(f"\n== results ({args.profile} profile) ==")
-    for challenge, text in summary:
-        print(f"--- {challenge}/results.json\n{text}")
-    if not summary:
-        print("no notebook wrote results.json")
+    print("\n".join(summary) or "no notebook wrote results.json")
     return 0
 
 

@@ -4,6 +4,7 @@
     python -m mlkit.results --check  exit 1 if README.md is stale
 """
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -15,14 +16,23 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
 def save_results(results: dict, folder, quiet: bool = False) -> Path:
-    """Write `results.json` (sorted keys, floats rounded to 4 decimals) and print it for the notebook."""
+    """Write `results.json` (sorted keys, floats rounded to 4 decimals); print one line saying so, with its
+    headline and a fingerprint of its content (what the notebook test matches against the committed file)."""
     path = Path(folder) / "results.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_rounded(results), indent=2, sort_keys=True)
     path.write_text(text + "\n")
     if not quiet:
-        print(f"wrote results.json ({path.parent.name}/)\n{text}")
+        print(results_line(json.loads(text), path.parent.name))
     return path
+
+
+def results_line(results: dict, folder_name: str) -> str:
+    """`wrote <folder>/results.json (<n> entries, sha256 <8 hex>): <headline>`."""
+    text = json.dumps(results, indent=2, sort_keys=True)
+    headline = "; ".join(f"{k} {_fmt(v)}" for k, v in results.get("headline", {}).items())
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return f"wrote {folder_name}/results.json ({len(results)} entries, sha256 {digest}): {headline}"
 
 
 def load_results(folder) -> dict:

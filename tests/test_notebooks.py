@@ -8,8 +8,8 @@ import nbformat
 import pytest
 
 from mlkit import colab
-from mlkit.notebooks import STANDALONE_TAGS, execute, setup_cell, standalone_cells
-from mlkit.results import CHALLENGES, ROOT
+from mlkit.notebooks import STANDALONE_TAGS, compact_streams, execute, setup_cell, standalone_cells
+from mlkit.results import CHALLENGES, ROOT, results_line
 
 NOTEBOOKS = [ROOT / c / name for c in CHALLENGES for name in ("Baseline.ipynb", "Challenge.ipynb")
              if (ROOT / c / name).exists()]
@@ -46,13 +46,20 @@ def test_committed_notebook_is_fully_executed(notebook):
 @pytest.mark.parametrize("notebook", CHALLENGE_NOTEBOOKS, ids=_id)
 def test_results_json_matches_what_the_notebook_printed(notebook):
     saved = json.loads((notebook.parent / "results.json").read_text())
-    printed = [o.text for c in _code_cells(notebook) for o in c.outputs
-               if o.output_type == "stream" and o.text.startswith("wrote results.json")]
-    assert printed, "the notebook never printed its results.json"
-    shown, _ = json.JSONDecoder().raw_decode(printed[-1].split("\n", 1)[1])  # the cell may print more after it
-    assert shown == {k: v for k, v in saved.items() if k != "predictor"}  # the last cell adds "predictor"
-    assert saved["predictor"]["seconds_to_load_and_predict"] < 60
+    printed = [line for c in _code_cells(notebook) for o in c.outputs if o.output_type == "stream"
+               for line in o.text.splitlines() if line.startswith(f"wrote {notebook.parent.name}/results.json")]
+    assert printed, "the notebook never printed that it wrote results.json"
+    assert printed[-1] == results_line({k: v for k, v in saved.items() if k != "predictor"}, notebook.parent.name)
+    assert saved["predictor"]["seconds_to_load_and_predict"] < 60  # added by the last cell
     assert saved["profile"] == "full"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=_id)
+def test_committed_notebook_is_lean(notebook):
+    assert notebook.stat().st_size < 1_500_000, "photo grids belong in JPEG, long logs in files"
+    stderr = [o for c in _code_cells(notebook) for o in c.outputs if o.output_type == "stream" and o.name == "stderr"]
+    assert len(stderr) <= 10, "progress bars are stored as one line each (mlkit.notebooks.compact_streams)"
+    assert not any("\r" in o.text for o in stderr)
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=_id)
@@ -71,6 +78,19 @@ def _toy_notebook(path: Path, sources: list[str], tags: list[list[str]]) -> Path
     kernel = {"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}}
     nbformat.write(nbformat.v4.new_notebook(cells=cells, metadata=kernel), path)
     return path
+
+
+def test_progress_bars_are_stored_as_their_last_state():
+    cell = nbformat.v4.new_code_cell("train()", outputs=[
+        nbformat.v4.new_output("stream", name="stderr", text="\rruns:   0%| 0/2"),
+        nbformat.v4.new_output("stream", name="stderr", text="\rruns:  50%| 1/2\rruns: 100%| 2/2"),
+        nbformat.v4.new_output("stream", name="stderr", text="\n\rbatches: 10%\r          \r"),
+        nbformat.v4.new_output("stream", name="stdout", text="accuracy 0.9\n"),
+        nbformat.v4.new_output("stream", name="stderr", text="\n")])
+    notebook = nbformat.v4.new_notebook(cells=[cell, nbformat.v4.new_markdown_cell("text")])
+    compact_streams(notebook)
+    assert [(o.name, o.text) for o in cell.outputs] == [("stderr", "runs: 100%| 2/2\n"), ("stdout", "accuracy 0.9\n")]
+    assert "outputs" not in notebook.cells[1]
 
 
 def test_standalone_cells_are_setup_parameters_export_and_predict(tmp_path):

@@ -7,12 +7,20 @@ from mlkit.results import BEGIN, END, load_results, render_readme, results_table
 
 
 def test_save_results_rounds_floats_and_round_trips(tmp_path, capsys):
-    path = save_results({"accuracy": 0.912345678, "runs": [{"loss": 1.000049}, (2, 0.33333)], "name": "cnn"},
-                        tmp_path / "challenge")
+    path = save_results({"accuracy": 0.912345678, "runs": [{"loss": 1.000049}, (2, 0.33333)], "name": "cnn",
+                         "headline": {"accuracy": 0.912345678}}, tmp_path / "challenge")
     assert path == tmp_path / "challenge" / "results.json"
     assert load_results(tmp_path / "challenge") == {
-        "accuracy": 0.9123, "runs": [{"loss": 1.0}, [2, 0.3333]], "name": "cnn"}
-    assert '"accuracy": 0.9123' in capsys.readouterr().out
+        "accuracy": 0.9123, "runs": [{"loss": 1.0}, [2, 0.3333]], "name": "cnn", "headline": {"accuracy": 0.9123}}
+    printed = capsys.readouterr().out.strip()
+    assert printed.startswith("wrote challenge/results.json (4 entries, sha256 ")
+    assert printed.endswith("): accuracy 0.9123")
+
+
+def test_results_line_fingerprint_changes_with_any_value():
+    line = results.results_line({"a": 1, "headline": {"x": 0.5}}, "c")
+    assert line != results.results_line({"a": 2, "headline": {"x": 0.5}}, "c")
+    assert line == results.results_line({"headline": {"x": 0.5}, "a": 1}, "c")
 
 
 def test_save_results_writes_sorted_keys(tmp_path):
