@@ -17,11 +17,12 @@ from mlkit.datasets import DATA_ROOT, prepare
 from mlkit.experiments import cached_array, trained_on
 from mlkit.images import ImageArrays, list_files, load_class_folders, load_image, predict_files, write_demo_folder
 from mlkit.metrics import accuracy, macro_f1, mcnemar_p_value
+from mlkit.models import BasicBlock, conv_bn
 from mlkit.plots import image_grid
 from mlkit.predictors import image_table, named_files, read_manifest, write_manifest
 from mlkit.results import load_results
 from mlkit.runtime import pick_device, seed_everything
-from mlkit.train import FlipAveraged, fit, load_half, parameter_count, predict_probabilities  # noqa: F401 (notebook API)
+from mlkit.train import FlipAveraged, fit, load_half, parameter_count, predict_probabilities
 
 CLASSES = ["plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -85,11 +86,6 @@ class Augment:
 
 # ---------------------------------------------------------------- architectures
 
-def conv_bn(c_in: int, c_out: int, stride: int = 1, groups: int = 1, act=nn.ReLU) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, groups=groups, bias=False), nn.BatchNorm2d(c_out),
-                         act())
-
-
 class Normalized(nn.Module):
     """Input standardisation with CIFAR-10's channel statistics, then `net`; takes RGB in [0, 1]."""
 
@@ -125,18 +121,6 @@ def vgg(widths=(64, 128, 256, 256)) -> nn.Module:
         layers += [conv_bn(c, w), conv_bn(w, w)] + ([nn.MaxPool2d(2)] if i < len(widths) - 1 else [])
         c = w
     return nn.Sequential(*layers, head(c))
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int = 1):
-        super().__init__()
-        self.body = nn.Sequential(conv_bn(c_in, c_out, stride), nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False),
-                                  nn.BatchNorm2d(c_out))
-        self.shortcut = nn.Identity() if stride == 1 and c_in == c_out else nn.Sequential(
-            nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
-
-    def forward(self, x):
-        return F.relu(self.body(x) + self.shortcut(x))
 
 
 def resnet(depth: int = 20, width: int = 16) -> nn.Module:

@@ -18,16 +18,16 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from mlkit.batches import ArrayLoader, flip_and_shift, float_batches, random_translate, resize, to_float, unlabelled
-from mlkit.cost import latency_ms, torch_predictor, training_throughput  # noqa: F401 (notebook API)
 from mlkit.datasets import DATA_ROOT, prepare
 from mlkit.experiments import cached_array
 from mlkit.images import ImageArrays, list_images, load_class_folders, load_image, predict_files, write_demo_folder
+from mlkit.models import conv_bn
 from mlkit.predictors import named_files, read_manifest, write_manifest
 from mlkit.pretrained import CHECKPOINTS as PRETRAINED_CACHE
 from mlkit.pretrained import RESNET152, mobilenet_v2_features, resnet152
 from mlkit.results import load_results
 from mlkit.runtime import atomic_path, seed_everything
-from mlkit.train import fit, load_state, parameter_count  # noqa: F401 (notebooks call common.parameter_count)
+from mlkit.train import fit, load_state
 
 IMAGE_SIZE = 150  # the dataset's native size, and the master's input (as in the starter)
 CACHE = DATA_ROOT / "cache" / "distillation"
@@ -112,11 +112,6 @@ def first_view(x: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------- students
 
-def conv_bn_relu(c_in: int, c_out: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, groups=groups, bias=False),
-                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
-
-
 class CompactCNN(nn.Module):
     """A VGG-style student trained from scratch: five 3x3 conv stages (width w, 2w, 4w, 8w, 8w) with
     max-pooling, global average pooling, dropout, linear. Takes RGB in [0, 1]."""
@@ -125,11 +120,11 @@ class CompactCNN(nn.Module):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            conv_bn_relu(3, w), nn.MaxPool2d(2),
-            conv_bn_relu(w, 2 * w), nn.MaxPool2d(2),
-            conv_bn_relu(2 * w, 4 * w), conv_bn_relu(4 * w, 4 * w), nn.MaxPool2d(2),
-            conv_bn_relu(4 * w, 8 * w), conv_bn_relu(8 * w, 8 * w), nn.MaxPool2d(2),
-            conv_bn_relu(8 * w, 8 * w))
+            conv_bn(3, w), nn.MaxPool2d(2),
+            conv_bn(w, 2 * w), nn.MaxPool2d(2),
+            conv_bn(2 * w, 4 * w), conv_bn(4 * w, 4 * w), nn.MaxPool2d(2),
+            conv_bn(4 * w, 8 * w), conv_bn(8 * w, 8 * w), nn.MaxPool2d(2),
+            conv_bn(8 * w, 8 * w))
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(8 * w, num_classes))
 
     def forward(self, x):

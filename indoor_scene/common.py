@@ -32,10 +32,11 @@ from mlkit.images import (
     write_demo_folder,
 )
 from mlkit.metrics import balanced_accuracy
+from mlkit.models import BasicBlock
 from mlkit.predictors import image_table, load_arrays, named_files, read_manifest, save_arrays, write_manifest
 from mlkit.results import load_results
 from mlkit.runtime import pick_device, seed_everything
-from mlkit.train import FlipAveraged, fit, load_half, predict_probabilities  # noqa: F401 (notebook API)
+from mlkit.train import FlipAveraged, fit, load_half, predict_probabilities
 
 STORED = 128  # images are decoded once at this side; training crops and evaluation resize from it
 DATASETS = {  # name -> (colour mode, class-folder roots inside the prepared dataset)
@@ -102,24 +103,6 @@ class SimpleCNN(nn.Module):
         return self.net((x - 0.5) / 0.25)
 
 
-class BasicBlock(nn.Module):
-    """ResNet's two 3x3 convolutions with an identity (or 1x1 projection) shortcut."""
-
-    def __init__(self, c_in: int, c_out: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        nn.init.zeros_(self.bn2.weight)  # each block starts as the identity: trains faster from scratch
-        self.shortcut = nn.Identity() if stride == 1 and c_in == c_out else nn.Sequential(
-            nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
 class SceneResNet(nn.Module):
     """A small ResNet for scenes: a stride-2 stem, four stages of `blocks` basic blocks (widths w, 2w, 4w,
     8w; stages 2-4 halve the resolution), global average pooling, dropout, linear."""
@@ -131,7 +114,7 @@ class SceneResNet(nn.Module):
         for stage in range(4):
             c_out = width * 2 ** stage
             for b in range(blocks):
-                layers.append(BasicBlock(c, c_out, stride=2 if stage > 0 and b == 0 else 1))
+                layers.append(BasicBlock(c, c_out, stride=2 if stage > 0 and b == 0 else 1, zero_init=True))
                 c = c_out
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(c, num_classes))

@@ -38,13 +38,16 @@ def random_flip(x: torch.Tensor) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
-def random_translate(x: torch.Tensor, max_shift: int) -> torch.Tensor:
+def random_translate(x: torch.Tensor, max_shift: int, fill: str = "replicate") -> torch.Tensor:
     """Shift each sample of float (N, C, H, W) by its own random offset in [-max_shift, max_shift]^2,
-    filling with the replicated border."""
+    filling with the replicated border (`fill="replicate"`, for photos) or zeros (`"zeros"`, for ink on a blank
+    page)."""
+    if fill not in ("replicate", "zeros"):
+        raise ValueError(f"fill must be 'replicate' or 'zeros', not {fill!r}")
     if max_shift == 0:
         return x
     n, _, h, w = x.shape
-    padded = F.pad(x, (max_shift,) * 4, mode="replicate")
+    padded = F.pad(x, (max_shift,) * 4, mode="constant" if fill == "zeros" else "replicate")
     dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n))
     rows, cols = dy[:, None] + torch.arange(h), dx[:, None] + torch.arange(w)
     # advanced indices around a slice: the result comes out as (N, H, W, C)

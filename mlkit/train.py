@@ -64,8 +64,18 @@ class SWA:
     anneal_epochs: int = 3
 
 
+def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
+    """A learning-rate factor per step (for `LambdaLR`): linear warm-up over `warmup` steps to 1, then cosine
+    decay to 0 at step `total`, and 0 after it."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+    return factor
+
+
 def parameter_count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters())  # a tied weight is one parameter: counted once
 
 
 def atomic_save(obj, path: Path) -> None:

@@ -34,7 +34,7 @@ from mlkit.experiments import run_dir as run_folder
 from mlkit.predictors import named_files, read_manifest, write_manifest
 from mlkit.results import load_results
 from mlkit.runtime import pick_device, seed_everything
-from mlkit.train import fit, load_state
+from mlkit.train import fit, load_state, parameter_count, warmup_cosine
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 WEIGHTS = "mlm_best.pt"  # the best model, saved by the notebook's checkpoint cell (`save_checkpoint`)
@@ -456,10 +456,6 @@ class CountMLM(nn.Module):
         return torch.from_numpy(self.log_probs(ids, rows, cols)).float()
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())  # a tied weight is counted once
-
-
 # ---------------------------------------------------------------- metrics
 def top5_accuracy(logits, targets) -> float:
     return float((logits.topk(5, 1).indices == targets[:, None]).any(1).float().mean())
@@ -523,13 +519,7 @@ def make_optimizer(model: nn.Module, config: dict, steps_per_epoch: int) -> tupl
                                   weight_decay=config["weight_decay"])
     total = config["epochs"] * steps_per_epoch
     warmup = max(1, round(config["warmup"] * total))
-
-    def schedule(step):
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total))
     return optimizer, {"scheduler": scheduler, "scheduler_per_batch": True}
 
 
@@ -551,7 +541,7 @@ def train_run(config: dict, run_dir: Path) -> dict:
     started = time.perf_counter()
     test = masked_metrics(model, eval_batches(split_eval_set(corpus, "test")))
     return {"config": config, "history": history, "test": test, "run_dir": str(run_dir),
-            "params": count_parameters(model), "tokens_seen": config["epochs"] * train.tokens_per_epoch(),
+            "params": parameter_count(model), "tokens_seen": config["epochs"] * train.tokens_per_epoch(),
             "train_seconds": sum(row["seconds"] for row in history), "test_seconds": time.perf_counter() - started}
 
 
@@ -819,7 +809,7 @@ def export_predictor(folder=CHECKPOINTS, smoke: bool = False) -> Path:
     return write_manifest(
         folder, challenge="mlm", task="masked-word prediction: the most likely words for each [MASK] of a text",
         model={"class": f"common.{type(model).__name__}", "builder": "common.make_model(config, vocab)",
-               "config": model_config(config), "parameters": count_parameters(model),
+               "config": model_config(config), "parameters": parameter_count(model),
                "max_length": model.pos_encoder.pe.shape[0] if hasattr(model, "pos_encoder") else None,
                "output": "logits over the vocabulary at the masked positions; probabilities are their softmax "
                          "over real words (<unk> and <mask> excluded)"},

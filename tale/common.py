@@ -5,7 +5,6 @@ Data and label space live in `proteins.py`, the networks in `networks.py`, the C
 """
 import hashlib
 import json
-import math
 import shutil
 import subprocess
 import tempfile
@@ -21,7 +20,7 @@ from mlkit.experiments import cached_array, run_dir
 from mlkit.predictors import load_arrays, named_files, read_manifest, save_arrays, write_manifest
 from mlkit.results import load_results
 from mlkit.runtime import seed_everything
-from mlkit.train import fit, load_half, load_state, parameter_count, predict_logits
+from mlkit.train import fit, load_half, load_state, parameter_count, predict_logits, warmup_cosine
 
 from .evaluation import (
     bootstrap_difference,
@@ -211,9 +210,7 @@ def train_model(config: dict, run_dir: Path, split: dict) -> tuple[torch.nn.Modu
     steps = config["epochs"] * len(train)
     scheduler = None
     if config["schedule"] == "cosine":
-        warmup = max(1, steps // 20)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(  # a float: checkpoints hold it
-            (step + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup))))))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(max(1, steps // 20), steps))
     loss = TALELoss(go.edges, config.get("regulariser", 0.0))
     history = fit(model, optimizer, loss, train, val, config["epochs"], run_dir=run_dir, scheduler=scheduler,
                   scheduler_per_batch=scheduler is not None, progress=False)

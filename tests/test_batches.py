@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from mlkit.batches import ArrayLoader, flip_and_shift, random_flip, random_translate, resize, to_float, unlabelled
@@ -36,6 +37,19 @@ def test_random_translate_shifts_each_sample_within_the_bound():
     assert all(2 <= r <= 6 and 2 <= c <= 6 for r, c in positions)
     assert len(set(positions)) > 5
     assert torch.equal(random_translate(x, 0), x)
+
+
+def test_random_translate_fills_with_the_border_or_with_zeros():
+    x = torch.zeros(64, 1, 6, 6)
+    x[:, :, :, 0] = 1  # ink along the left edge: a shift to the right brings in border
+    torch.manual_seed(0)
+    replicated = random_translate(x, 2).sum((1, 2, 3))
+    torch.manual_seed(0)
+    zeros = random_translate(x, 2, fill="zeros").sum((1, 2, 3))
+    assert (replicated > 6).any() and (zeros <= 6).all()  # the replicated edge smears in; zeros bring no ink
+    assert (zeros == 0).any() and (replicated >= zeros).all()  # same offsets: replicating only adds ink here
+    with pytest.raises(ValueError, match="fill must be"):
+        random_translate(x, 2, fill="reflect")
 
 
 def test_flip_and_shift_keeps_the_shape_and_the_content_sum_of_a_centred_blob():

@@ -8,8 +8,9 @@ import torch
 from PIL import Image
 
 from cifar10 import common
+from mlkit.images import ImageArrays, list_files, load_image
 from mlkit.results import ROOT
-from mlkit.train import load_half, save_half
+from mlkit.train import load_half, parameter_count, save_half
 
 
 def test_cutout_zeroes_one_square_of_the_given_size_per_sample():
@@ -39,12 +40,12 @@ def test_augment_rejects_unknown_policies():
 def test_every_architecture_maps_cifar_images_to_ten_logits(name):
     model = common.build(name)
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
-    assert common.parameter_count(model) > 0 and common.macs_per_image(model) > 0
+    assert parameter_count(model) > 0 and common.macs_per_image(model) > 0
 
 
 def test_resnet20_matches_the_paper_size():
     model = common.build("resnet20")
-    assert 0.26e6 < common.parameter_count(model) < 0.28e6  # He et al. 2016: 0.27 M
+    assert 0.26e6 < parameter_count(model) < 0.28e6  # He et al. 2016: 0.27 M
     assert 38e6 < common.macs_per_image(model) < 44e6  # ~41 M multiply-accumulates
 
 
@@ -79,7 +80,7 @@ def test_train_learns_a_separable_toy_problem_and_resumes_as_finished(tmp_path):
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 64)
     images = np.where(labels[:, None, None, None] == 1, 200, 40).astype(np.uint8) * np.ones((1, 32, 32, 3), np.uint8)
-    arrays = common.ImageArrays(images, labels, [str(i) for i in range(64)], ["a", "b"])
+    arrays = ImageArrays(images, labels, [str(i) for i in range(64)], ["a", "b"])
     data = {"train": arrays, "test": arrays}
     config = common.config("plain_cnn", epochs=3, batch_size=16, optimizer="adamw", lr=1e-3, augmentation="none")
     _, history = common.train(config, tmp_path / "run", data)
@@ -128,7 +129,7 @@ def test_seconds_to_accuracy_counts_training_time_up_to_the_first_epoch_at_targe
 def test_architecture_costs_reports_size_compute_speed_and_latency():
     costs = common.architecture_costs(["resnet20"], latency_runs=3)
     row = costs.loc["resnet20"]
-    assert row["params"] == common.parameter_count(common.build("resnet20"))
+    assert row["params"] == parameter_count(common.build("resnet20"))
     assert row["MACs per image"] > 0 and row["train images/s (1 thread)"] > 0 and row["latency ms (1 thread)"] > 0
 
 
@@ -255,7 +256,7 @@ def test_committed_predictor_names_its_model_weights_and_tta(predictor):
 
 def test_committed_predictor_answers_every_demo_file(demo_table, demo):
     table = demo_table
-    assert list(table["file"]) == [p.name for p in common.list_files(demo)]
+    assert list(table["file"]) == [p.name for p in list_files(demo)]
     good = table[table["error"] == ""]
     samples = good[good["file"].isin([p.name for p in common.DEMO.glob("*.jpg")])]
     assert len(samples) == len(list(common.DEMO.glob("*.jpg"))) >= 4
@@ -300,7 +301,7 @@ def test_export_writes_a_predictor_that_loads_from_its_folder_alone(tmp_path):
         "best_model": "plain_cnn-s0", "best_recipe": {"architecture": "plain_cnn", "tta": "flip"},
         "data": "toy", "profile": "smoke"}))
     manifest = json.loads(common.export_predictor(tmp_path / "checkpoints", smoke=True).read_text())
-    assert manifest["smoke"] and manifest["model"]["parameters"] == common.parameter_count(common.build("plain_cnn"))
+    assert manifest["smoke"] and manifest["model"]["parameters"] == parameter_count(common.build("plain_cnn"))
     loaded = common.load_predictor(tmp_path / "checkpoints")
     assert repr(loaded) == "cifar10 plain_cnn predictor, 10 classes, flip TTA"
     image = tmp_path / "car.png"
@@ -323,4 +324,4 @@ def test_demo_images_are_small_committed_test_images():
     files = sorted(p for p in common.DEMO.iterdir() if p.suffix == ".jpg")
     assert 4 <= len(files) <= 6 and sum(p.stat().st_size for p in common.DEMO.iterdir()) < 150_000
     assert all(p.name.split("_")[0] in common.CLASSES for p in files)
-    assert all(common.load_image(p).shape == (32, 32, 3) for p in files)
+    assert all(load_image(p).shape == (32, 32, 3) for p in files)

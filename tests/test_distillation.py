@@ -8,8 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from distillation import common
+from mlkit.cost import latency_ms
 from mlkit.images import list_files
+from mlkit.pretrained import CHECKPOINTS, RESNET152
 from mlkit.results import ROOT
+from mlkit.train import parameter_count
 
 
 def test_distillation_loss_without_teacher_weight_is_cross_entropy():
@@ -53,7 +56,7 @@ def test_validation_split_is_stratified_and_disjoint():
 
 def test_compact_cnn_is_under_a_fiftieth_of_the_master():
     model = common.CompactCNN(6)
-    assert common.parameter_count(model) * 50 < 58_155_000
+    assert parameter_count(model) * 50 < 58_155_000
     assert model(torch.rand(2, 3, 96, 96)).shape == (2, 6)
 
 
@@ -61,7 +64,7 @@ def test_mobilenet_student_keeps_its_stem_frozen_and_splits_exactly():
     student = common.MobileNetStudent(6).train()
     assert not any(p.requires_grad for p in student.stem.parameters())
     assert not student.stem.training and student.body.training
-    assert common.parameter_count(student) * 50 < 58_155_000
+    assert parameter_count(student) * 50 < 58_155_000
     student.eval()
     x = torch.rand(2, 3, 128, 128)
     assert torch.allclose(student.from_stem(student.stem_maps(x)), student(x), atol=1e-6)
@@ -94,7 +97,7 @@ def test_onnx_export_and_int8_quantization_agree_with_torch(tmp_path):
 
 
 def test_latency_reports_median_and_95th_percentile():
-    result = common.latency_ms(lambda x: sum(range(1000)), None, runs=20, warmup=2)
+    result = latency_ms(lambda x: sum(range(1000)), None, runs=20, warmup=2)
     assert 0 < result["median_ms"] <= result["p95_ms"]
 
 
@@ -119,7 +122,7 @@ def test_mobilenet_stem_maps_do_not_depend_on_the_rest_of_the_batch():
 
 BAD = ["empty.jpg", "corrupt.jpg", "notes.txt.jpg", "notes.txt", "photo.heic", "huge.png"]
 CONVERTED = ["rgba.png", "grayscale.png", "16bit.png", "exif_rotated.jpg"]
-BACKBONE_CACHED = (common.PRETRAINED_CACHE / common.RESNET152.cache_name).is_file()
+BACKBONE_CACHED = (CHECKPOINTS / RESNET152.cache_name).is_file()
 needs_backbone = pytest.mark.skipif(not BACKBONE_CACHED, reason="the ResNet-152 weights are not in checkpoints/ "
                                     "(python -c 'from mlkit.pretrained import resnet152; resnet152()')")
 

@@ -8,7 +8,8 @@ from PIL import Image
 from sklearn.metrics import balanced_accuracy_score
 
 from indoor_scene import common
-from mlkit.images import ImageArrays
+from mlkit.images import ImageArrays, list_files
+from mlkit.models import BasicBlock
 from mlkit.predictors import load_arrays
 from mlkit.results import ROOT
 
@@ -86,10 +87,9 @@ def test_models_take_grayscale_or_colour(channels):
     assert common.SimpleCNN(channels, 67)(x).shape == (2, 67)
 
 
-def test_resnet_blocks_start_as_identity_functions():
-    block = common.BasicBlock(8, 8).eval()
-    x = torch.rand(2, 8, 5, 5)
-    assert torch.allclose(block(x), x)
+def test_scene_resnet_blocks_start_as_identity_functions():
+    blocks = [m for m in common.SceneResNet(1, 15, width=8).modules() if isinstance(m, BasicBlock)]
+    assert blocks and all(torch.count_nonzero(block.bn2.weight) == 0 for block in blocks)
 
 
 def test_load_pool_rejects_unknown_datasets():
@@ -125,7 +125,7 @@ def demo(tmp_path_factory):
 def test_committed_predictor_answers_every_demo_file(predictor, demo, capsys):
     table = predictor.predict(demo)
     assert list(table.columns) == common.TABLE_COLUMNS
-    assert list(table["file"]) == [p.name for p in common.list_files(demo)]
+    assert list(table["file"]) == [p.name for p in list_files(demo)]
     good = table[table["error"] == ""]
     assert set(good["file"]) == {p.name for p in common.DEMO.glob("*.jpg")} | {"rgba.png", "grayscale.png",
                                                                                "16bit.png", "exif_rotated.jpg"}

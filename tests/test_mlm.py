@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mlkit.train import parameter_count
 from mlm import common
 
 WIKI = "\n".join([  # WikiText's layout: a space at both ends of every line
@@ -180,7 +181,7 @@ VOCAB = common.Vocab([f"w{i}" for i in range(998)] * 2 + ["w0"])  # 1000 entries
 
 
 def model_params(**changes):
-    return common.count_parameters(common.make_model(common.BASELINE | changes, VOCAB))
+    return parameter_count(common.make_model(common.BASELINE | changes, VOCAB))
 
 
 def test_model_returns_logits_of_the_predicted_positions_only():

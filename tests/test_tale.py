@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 import mlkit.predictors as mlkit_predictors
 import mlkit.train
+from mlkit.datasets import DataError
 from mlkit.train import load_state
 from tale import common, networks, proteins
 
@@ -497,7 +498,7 @@ def test_blast_reference_is_built_once_and_found_by_blast(tmp_path, monkeypatch)
                                reference, 0.0, database)
     assert rows[0]["scored by"] == "toy + BLAST (network weight 0)" and rows[0]["score"] == 1.0
     assert rows[1]["scored by"] == "toy (no BLAST hit)"
-    with pytest.raises(common.DataError, match="digest"):
+    with pytest.raises(DataError, match="digest"):
         common.blast_reference("cc", recipe | {"accessions_sha256": "0" * 64}, tmp_path)
 
 

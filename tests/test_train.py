@@ -6,7 +6,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from mlkit.runtime import seed_everything
-from mlkit.train import SWA, EarlyStopping, atomic_save, evaluate, fit, load_half, load_state, save_half
+from mlkit.train import SWA, EarlyStopping, atomic_save, evaluate, fit, load_half, load_state, save_half, warmup_cosine
 
 EPOCHS = 4
 
@@ -337,3 +337,12 @@ def test_half_precision_checkpoint_halves_floats_and_loads_back(tmp_path):
     restored = load_half(path)
     assert restored["0.weight"].dtype == torch.float32
     assert torch.allclose(restored["0.weight"], model.state_dict()["0.weight"], atol=1e-3)
+
+
+def test_warmup_cosine_rises_linearly_then_decays_to_zero():
+    factor = warmup_cosine(4, 20)
+    assert [factor(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert factor(4) == 1.0 and factor(12) == pytest.approx(0.5) and factor(20) == pytest.approx(0.0, abs=1e-12)
+    assert factor(30) == pytest.approx(0.0, abs=1e-12)  # clamped: no second rise past the end
+    decay = [factor(s) for s in range(4, 21)]
+    assert all(a >= b for a, b in zip(decay, decay[1:]))

@@ -79,11 +79,11 @@ def test_knn_relabel_to_convergence_repairs_noise_that_two_rounds_leave():
     assert (again == converged).all()
 
 
-def test_shift_augment_moves_without_losing_ink():
+def test_shift_augmentation_moves_without_losing_ink():
     image = torch.zeros(1, 1, 28, 28)
     image[0, 0, 10:18, 10:18] = 255
     torch.manual_seed(0)
-    shifted = common.shift_augment(image.repeat(50, 1, 1, 1), max_shift=2)
+    shifted = common.AUGMENTATIONS["shift"](image.repeat(50, 1, 1, 1))
     assert torch.allclose(shifted.sum((1, 2, 3)), image.sum())
     assert len({tuple(s.nonzero()[0].tolist()) for s in shifted}) > 1
 

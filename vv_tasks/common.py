@@ -23,6 +23,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
+from mlkit.batches import random_translate
 from mlkit.datasets import prepare
 from mlkit.experiments import run_all
 from mlkit.images import BadImageError, ImageArrays, load_class_folders, load_image, predict_files, write_demo_folder
@@ -157,17 +158,6 @@ CLEANERS = {  # config["relabel"] -> how the training labels are cleaned
 DOUBTFUL_BELOW = 0.5  # "drop_doubtful": images that fewer than half of their neighbours agree with are dropped
 
 
-def shift_augment(images: torch.Tensor, max_shift: int = 2) -> torch.Tensor:
-    """Translate each image by up to `max_shift` pixels (zero fill)."""
-    n = len(images)
-    padded = F.pad(images, [max_shift] * 4)
-    dx, dy = torch.randint(0, 2 * max_shift + 1, (2, n))
-    rows = (torch.arange(28)[None, :] + dy[:, None])[:, None, :, None].expand(n, 1, 28, 28 + 2 * max_shift)
-    shifted = padded.gather(2, rows)
-    cols = (torch.arange(28)[None, :] + dx[:, None])[:, None, None, :].expand(n, 1, 28, 28)
-    return shifted.gather(3, cols)
-
-
 def blur_augment(images: torch.Tensor, sigma=(0.5, 2.5)) -> torch.Tensor:
     """Gaussian blur with a random sigma per image (one grouped convolution for the whole batch)."""
     n, radius = len(images), int(3 * sigma[1] + 0.5)
@@ -280,9 +270,9 @@ class AugmentedLoader:
 
 
 AUGMENTATIONS = {  # config["augment"] -> batch transform; a dict is `corrupt_like_test`'s parameters
-    "shift": shift_augment,
+    "shift": lambda x: random_translate(x, 2, fill="zeros"),
     # task 3's first augmentation, guessed from the test set's look: symmetric shifts, a wide blur range
-    "corrupt": lambda x: noise_augment(shift_augment(blur_augment(x), max_shift=3)),
+    "corrupt": lambda x: noise_augment(random_translate(blur_augment(x), 3, fill="zeros")),
 }
 
 
