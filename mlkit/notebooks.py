@@ -208,6 +208,10 @@ def main(argv=None) -> int:
         out = ROOT / challenge if args.profile == "full" else ROOT / "runs" / args.profile / challenge
         if (out / "results.json").exists():
             summary.append(results_line(load_results(out), challenge))
+    if args.profile == "full":  # new results.json files: refresh the TL;DRs and the README table made from them
+        from .results import main as refresh_generated
+
+        refresh_generated([])
     print(f"\n== results ({args.profile} profile) ==")
     print("\n".join(summary) or "no notebook wrote results.json")
     return 0

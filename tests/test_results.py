@@ -1,4 +1,6 @@
+import copy
 import json
+import sys
 
 import pytest
 
@@ -55,23 +57,63 @@ def test_render_readme_replaces_only_the_marked_table():
     assert render_readme(rendered, "| new |") == rendered
 
 
-def test_readme_table_is_current():
-    readme = results.ROOT / "README.md"
-    if not readme.exists() or BEGIN not in readme.read_text() or END not in readme.read_text():
-        pytest.skip("README.md with the results markers is not written yet")
-    assert results.main(["--check"]) == 0
+def test_every_generated_part_is_current():
+    assert results.main(["--check"]) == 0, "run `python -m mlkit.results`"
 
 
-def test_main_checks_then_rewrites_a_stale_readme(tmp_path, monkeypatch, capsys):
-    table = results_table(tmp_path)
+@pytest.fixture
+def one_challenge(tmp_path, monkeypatch):
+    """A repository with one challenge, `toy`, whose package defines the TL;DR templates."""
+    package = tmp_path / "toy"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        'QUESTION = "Can it count?"\nANSWER = "Yes: {accuracy:.2f}, {nested[deep][7]} deep."\n'
+        'BASELINE = "guessing: {baseline:.2f}"\nCOST = "{minutes:.0f} min"\n')
+    save_results({"accuracy": 0.91, "baseline": 0.5, "minutes": 3.0, "nested": {"deep": {"7": "seven"}},
+                  "data": "toy data", "profile": "full", "headline": {"accuracy": 0.91}}, package, quiet=True)
+    (package / "README.md").write_text(f"# Toy\n\ntext\n{BEGIN}\n{END}\n\n## Run\n")
+    title = {"cell_type": "markdown", "id": "a", "metadata": {}, "source": ["# Toy — Challenge\n", "\n", "Caveats."]}
+    for role in ("Baseline", "Challenge"):
+        (package / f"{role}.ipynb").write_text(json.dumps({"cells": [title], "metadata": {}, "nbformat": 4,
+                                                            "nbformat_minor": 5}))
+    (tmp_path / "README.md").write_text(f"# Challenges\n{BEGIN}\n| outdated |\n{END}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(results, "ROOT", tmp_path)
-    monkeypatch.setattr(results, "results_table", lambda: table)
-    stale = f"# Challenges\n{BEGIN}\n| outdated |\n{END}\n"
-    (tmp_path / "README.md").write_text(stale)
+    monkeypatch.setattr(results, "CHALLENGES", ["toy"])
+    sys.modules.pop("toy", None)
+    yield package
+    sys.modules.pop("toy", None)
 
+
+def test_tldr_fills_the_templates_from_results_json(one_challenge):
+    text = results.tldr("toy", "Challenge", one_challenge.parent)
+    assert "**TL;DR.** Can it count?" in text and "Yes: 0.91, seven deep." in text
+    assert "guessing: 0.50" in text and "3 min" in text and "| accuracy | 0.91 |" in text and "toy data" in text
+    save_results(load_results(one_challenge) | {"accuracy": 0.97}, one_challenge, quiet=True)
+    assert "Yes: 0.97" in results.tldr("toy", "Challenge", one_challenge.parent)
+
+
+def test_a_challenge_without_templates_gets_a_clear_error(one_challenge):
+    (one_challenge / "__init__.py").write_text('QUESTION = "?"\n')
+    with pytest.raises(AttributeError, match="toy/__init__.py must define ANSWER, BASELINE, COST"):
+        results.tldr("toy", "README", one_challenge.parent)
+
+
+def test_notebook_tldr_goes_under_the_title_and_is_replaced_in_place(one_challenge):
+    notebook = json.loads((one_challenge / "Challenge.ipynb").read_text())
+    once = results.render_notebook_tldr(copy.deepcopy(notebook), "first")
+    assert [c["source"] for c in once["cells"]] == [["# Toy — Challenge\n", "\n", "first"], ["Caveats."]]
+    assert once["cells"][0]["metadata"]["tags"] == ["tldr"]
+    twice = results.render_notebook_tldr(copy.deepcopy(once), "second")
+    assert len(twice["cells"]) == 2 and twice["cells"][0]["source"][-1] == "second"
+
+
+def test_main_checks_then_rewrites_every_stale_part(one_challenge, capsys):
     assert results.main(["--check"]) == 1
-    assert "stale" in capsys.readouterr().err
-    assert (tmp_path / "README.md").read_text() == stale
+    stale = capsys.readouterr().err
+    assert all(name in stale for name in ("README.md", "toy/README.md", "toy/Baseline.ipynb", "toy/Challenge.ipynb"))
     assert results.main([]) == 0
     assert results.main(["--check"]) == 0
-    assert table in (tmp_path / "README.md").read_text()
+    assert "Yes: 0.91" in (one_challenge / "README.md").read_text()
+    assert "Yes: 0.91" in "".join(json.loads((one_challenge / "Baseline.ipynb").read_text())["cells"][0]["source"])
+    assert "[toy](toy/Challenge.ipynb)" in (one_challenge.parent / "README.md").read_text()
