@@ -16,7 +16,7 @@ from mlkit.cost import latency_ms, torch_predictor, training_throughput
 from mlkit.datasets import DATA_ROOT, prepare
 from mlkit.experiments import cached_array, trained_on
 from mlkit.images import ImageArrays, list_files, load_class_folders, load_image, predict_files, write_demo_folder
-from mlkit.metrics import accuracy, macro_f1, mcnemar_p_value
+from mlkit.metrics import accuracy, macro_f1, mcnemar_p_value, mean_std
 from mlkit.models import BasicBlock, conv_bn
 from mlkit.plots import image_grid
 from mlkit.predictors import image_table, named_files, read_manifest, write_manifest
@@ -24,6 +24,16 @@ from mlkit.results import load_results
 from mlkit.runtime import pick_device, seed_everything
 from mlkit.train import FlipAveraged, fit, load_half, parameter_count, predict_probabilities
 
+RECIPE = {  # the shipped model: airbench96 (Keller Jordan's airbench, 96% variant), ported to PyTorch here
+    "architecture": "airbench96",
+    "epochs": 74,  # twice the published 37 (whole epochs here): the longer of the two lengths trained (section 6)
+    "batch_size": 1024, "optimizer": "sgd_nesterov", "momentum": 0.85,  # as published
+    "lr": 9.0, "weight_decay": 0.012,  # as published, per 1,024 examples (airbench's parametrisation)
+    "label_smoothing": 0.2,  # as published
+    "shift": 4, "cutout": 12,  # augmentation: random flips, shifts of up to 4 px, one 12-px cutout per image
+    "warmup": 0.1, "final_lr": 0.0,  # triangular learning rate: peak at 10% of the steps, then down to 0
+    "tta": "flip_translate",  # test-time augmentation: the image and its mirror, also shifted by 1 px (6 views)
+}
 CLASSES = ["plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 HERE = Path(__file__).resolve().parent
@@ -280,9 +290,15 @@ LEARNING_RATES = {"sgd_nesterov": (0.05, 0.1, 0.2), "adam": (1e-3, 3e-3, 1e-2), 
 WEIGHT_DECAY = {"sgd_nesterov": 5e-4, "adam": 5e-4, "adamw": 5e-2}
 
 
-def config(architecture: str, seed: int = 0, smoke: bool = False, **changes) -> dict:
-    """One run: the shared recipe (SGD-Nesterov, one-cycle, label smoothing 0.1, flip + crop, the equal
-    time budget) unless changed. Identical recipes get identical names, so phases share runs."""
+def make_config(architecture: str | None = None, seed: int = 0, smoke: bool = False, **changes) -> dict:
+    """One run. Without an architecture: the shipped model (RECIPE). A published architecture
+    (PUBLISHED_RECIPES) takes its published recipe (`changes`: epochs); any other the study's shared recipe
+    (SGD-Nesterov, one-cycle, label smoothing 0.1, flip + crop, the equal time budget) unless changed.
+    Identical recipes get identical names, so phases share runs."""
+    if architecture is None:
+        architecture, changes = RECIPE["architecture"], {"epochs": RECIPE["epochs"]} | changes
+    if architecture in PUBLISHED_RECIPES:
+        return published_config(architecture, seed=seed, smoke=smoke, **changes)
     run = {"architecture": architecture, "seed": seed, "epochs": EQUAL_TIME_EPOCHS[architecture], "batch_size": 256,
            "optimizer": "sgd_nesterov", "lr": 0.1, "augmentation": "flip_crop", "label_smoothing": 0.1} | changes
     run["weight_decay"] = run.get("weight_decay", WEIGHT_DECAY[run["optimizer"]])
@@ -293,34 +309,36 @@ def config(architecture: str, seed: int = 0, smoke: bool = False, **changes) -> 
 
 def baseline_config(smoke: bool) -> dict:
     """The Baseline notebook's run: the plain CNN, Adam, no augmentation, no label smoothing, 10 epochs."""
-    return config("plain_cnn", smoke=smoke, epochs=10, optimizer="adam", lr=1e-3, augmentation="none",
+    return make_config("plain_cnn", smoke=smoke, epochs=10, optimizer="adam", lr=1e-3, augmentation="none",
                   label_smoothing=0.0)
 
 
 def architecture_configs(smoke: bool) -> list[dict]:
-    return [config(name, smoke=smoke) for name in ARCHITECTURES]
+    return [make_config(name, smoke=smoke) for name in ARCHITECTURES]
 
 
 def augmentation_configs(architecture: str, smoke: bool) -> list[dict]:
     epochs = ABLATION_BUDGETS * EQUAL_TIME_EPOCHS[architecture]
-    return [config(architecture, smoke=smoke, epochs=epochs, augmentation=policy) for policy in Augment.POLICIES]
+    return [make_config(architecture, smoke=smoke, epochs=epochs, augmentation=policy)
+            for policy in Augment.POLICIES]
 
 
 def learning_rate_configs(architecture: str, smoke: bool) -> list[dict]:
-    return [config(architecture, smoke=smoke, epochs=1, optimizer=optimizer, lr=lr)
+    return [make_config(architecture, smoke=smoke, epochs=1, optimizer=optimizer, lr=lr)
             for optimizer, rates in LEARNING_RATES.items() for lr in rates]
 
 
 def optimizer_configs(architecture: str, learning_rates: dict[str, float], smoke: bool) -> list[dict]:
     """Each optimizer at its tuned learning rate, with the comparison's equal budget."""
-    return [config(architecture, smoke=smoke, optimizer=optimizer, lr=lr) for optimizer, lr in learning_rates.items()]
+    return [make_config(architecture, smoke=smoke, optimizer=optimizer, lr=lr)
+            for optimizer, lr in learning_rates.items()]
 
 
 def best_configs(recipe: dict, seeds=(0, 1)) -> list[dict]:
     """The winning recipe trained BEST_BUDGETS times the study budget, once per seed."""
     recipe = {k: v for k, v in recipe.items() if k not in ("name", "seed", "epochs", "weight_decay")}
     epochs = BEST_BUDGETS * EQUAL_TIME_EPOCHS[recipe["architecture"]]
-    return [config(**recipe, seed=seed, epochs=epochs) for seed in seeds]
+    return [make_config(**recipe, seed=seed, epochs=epochs) for seed in seeds]
 
 
 def best(rows: list[dict], key: str = "accuracy") -> dict:
@@ -517,9 +535,10 @@ def airbench_optimizer(model: nn.Module, config: dict, steps_per_epoch: int):
 PUBLISHED_RECIPES = {
     "airbench94": {"epochs": 10, "lr": 11.5, "weight_decay": 0.0153, "shift": 2, "cutout": 0, "warmup": 0.23,
                    "final_lr": 0.07},
-    "airbench96": {"epochs": 37, "lr": 9.0, "weight_decay": 0.012, "shift": 4, "cutout": 12, "warmup": 0.1,
-                   "final_lr": 0.0},
+    "airbench96": {"epochs": 37} | {key: RECIPE[key] for key in ("lr", "weight_decay", "shift", "cutout", "warmup",
+                                                                 "final_lr")},
 }
+PUBLISHED_SHARED = ("batch_size", "optimizer", "momentum", "label_smoothing", "tta")  # both nets: RECIPE's values
 PUBLISHED_RUNS = {  # the notebook's runs of each recipe: changes to its defaults
     "airbench94": [{"epochs": 10}, {"epochs": 20}],
     "airbench96": [{"seed": 0}, {"seed": 1}, {"seed": 2}, {"epochs": 74}, {"epochs": 74, "seed": 1}],
@@ -528,8 +547,8 @@ PUBLISHED_RUNS = {  # the notebook's runs of each recipe: changes to its default
 
 def published_config(architecture: str, epochs: int | None = None, seed: int = 0, smoke: bool = False) -> dict:
     """One of the PUBLISHED_RECIPES (its own length unless `epochs` is given). Smoke: a tenth of the epochs."""
-    run = {"architecture": architecture, "seed": seed, "batch_size": 1024, "optimizer": "sgd_nesterov",
-           "momentum": 0.85, "label_smoothing": 0.2, "tta": "flip_translate"} | PUBLISHED_RECIPES[architecture]
+    run = {"architecture": architecture, "seed": seed} | {key: RECIPE[key] for key in PUBLISHED_SHARED} | \
+        PUBLISHED_RECIPES[architecture]
     epochs = epochs or run["epochs"]
     run |= {"epochs": max(1, epochs // 10) if smoke else epochs, "smoke": smoke}
     return {"name": f"{architecture}-{run['epochs']}ep-s{seed}"} | run
@@ -594,6 +613,75 @@ def predict(model: nn.Module, images: np.ndarray, tta: str = "none") -> np.ndarr
 def preprocess(path) -> torch.Tensor:
     """Any image file -> float (3, 32, 32) in [0, 1]; bad files raise BadImageError."""
     return torch.tensor(load_image(path, (32, 32))).permute(2, 0, 1).float() / 255
+
+
+# ---------------------------------------------------------------- results.json
+
+def tta_score(run: dict, tta: str) -> float:
+    """A run's test accuracy with the test-time augmentation its recipe is scored with ("none": without)."""
+    return run["accuracy" if tta == "none" else "tta_accuracy"]
+
+
+def summarize(*, profile: str, smoke: bool, best_architecture: str, final_runs: list[dict], final_tta: str,
+              best_runs: list[dict], use_tta: bool, published_runs: list[dict], gpu_runs: list[dict],
+              cpu_hours: dict, baseline: dict, costs: pd.DataFrame, architecture_runs: list[dict],
+              augmentation_runs: list[dict], optimizer_runs: list[dict]) -> dict:
+    """results.json from the Challenge notebook's runs: the final model's seeds and TTA, the study's best recipe
+    (`best_runs`, flip TTA when `use_tta`), the published recipes' runs, each section's runs and `costs`."""
+    accuracy_mean, accuracy_std = mean_std([tta_score(r, final_tta) for r in final_runs])
+    spread = f" ± {accuracy_std:.4f} over {len(final_runs)} seeds" if len(final_runs) > 1 else ", one seed"
+    best_seconds = float(np.mean([r["train_seconds"] for r in final_runs]))
+    final_hardware, config = final_runs[0]["hardware"], final_runs[0]["config"]
+    study_tta = "flip" if use_tta else "none"
+    study_mean, study_std = mean_std([tta_score(r, study_tta) for r in best_runs])
+    published_length = [r for r in gpu_runs if r["config"]["epochs"] == gpu_runs[0]["config"]["epochs"]]
+    airbench96_mean, airbench96_std = mean_std([r["tta_accuracy"] for r in published_length])
+    cpu_best = best(published_runs, key="tta_accuracy")
+
+    def scores(runs: list[dict], key) -> dict:
+        return {key(r): {"test_accuracy": r["accuracy"], "tta_accuracy": r["tta_accuracy"],
+                         "train_seconds": r["train_seconds"], "hardware": r["hardware"]} for r in runs}
+
+    return {
+        "dataset": "cifar10_jpeg_q75",
+        "data": "CIFAR-10 offline mirror (JPEG quality 75): "
+                + ("20 images per class (smoke subset)" if smoke else "50,000 train, 10,000 test"),
+        "profile": profile,
+        "best_architecture": best_architecture,
+        "best_model": config["name"],
+        "best_recipe": {k: v for k, v in config.items() if k not in ("name", "seed", "smoke")} | {"tta": final_tta},
+        "best_test_accuracy_mean": accuracy_mean,
+        "best_test_accuracy_std": accuracy_std,
+        "best_seeds": len(final_runs),
+        "best_train_seconds": best_seconds,
+        "best_train_hardware": final_hardware,
+        "study_recipe_test_accuracy": {"mean": study_mean, "std": study_std, "seeds": len(best_runs),
+                                       "tta": study_tta},
+        "airbench94": scores(published_runs, lambda r: r["config"]["epochs"]),
+        "airbench96": scores(gpu_runs, lambda r: r["config"]["name"]),
+        "airbench96_published_length_tta_accuracy": {"mean": airbench96_mean, "std": airbench96_std,
+                                                     "seeds": len(published_length)},
+        "airbench96_cpu_hours_estimated": cpu_hours,
+        "baseline_test_accuracy": baseline["accuracy"],
+        "architectures": [{"name": name, "test_accuracy": r["accuracy"], "macro_f1": r["macro_f1"],
+                           "params": int(costs.loc[name, "params"]), "macs": int(costs.loc[name, "MACs per image"]),
+                           "epochs": r["config"]["epochs"], "train_seconds": r["train_seconds"],
+                           "train_images_per_second": r["train_images_per_second"],
+                           "latency_ms": costs.loc[name, "latency ms (1 thread)"]}
+                          for name, r in zip(ARCHITECTURES, architecture_runs)],
+        "augmentation": {policy: {"test_accuracy": r["accuracy"], "tta_accuracy": r["tta_accuracy"]}
+                         for policy, r in zip(Augment.POLICIES, augmentation_runs)},
+        "optimizers": {r["config"]["optimizer"]: {"lr": r["config"]["lr"], "test_accuracy": r["accuracy"]}
+                       for r in optimizer_runs},
+        "headline": {"best test accuracy": f"{accuracy_mean:.4f}{spread} ({config['name']}, "
+                                           f"{best_seconds / 60:.1f} min on {final_hardware})",
+                     "airbench96": f"{airbench96_mean:.4f} ± {airbench96_std:.4f} over {len(published_length)} "
+                                   f"seeds ({published_length[0]['config']['epochs']} epochs)",
+                     "best trained on the 2-core CPU": f"{cpu_best['tta_accuracy']:.4f} "
+                                                       f"({cpu_best['config']['name']}, "
+                                                       f"{cpu_best['train_seconds'] / 60:.0f} min)",
+                     "baseline": f"{baseline['accuracy']:.4f} (plain CNN, 10 epochs)"},
+    }
 
 
 # ---------------------------------------------------------------- the committed predictor

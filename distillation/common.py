@@ -29,6 +29,11 @@ from mlkit.results import load_results
 from mlkit.runtime import atomic_path, seed_everything
 from mlkit.train import fit, load_state
 
+RECIPE = {  # the shipped student: the compact CNN distilled from the master, deployed as int8 ONNX
+    "student": "cnn",  # `CompactCNN` (width 24) at 64 px: 0.97 M parameters, 60x fewer than the master
+    "temperature": 4, "alpha": 0.9,  # soft targets at T = 4 weigh 0.9, the labels 0.1 (swept for MobileNet only)
+    "epochs": 20, "lr": 3e-3, "weight_decay": 5e-4, "batch_size": 64,  # AdamW, one-cycle, from scratch
+}
 IMAGE_SIZE = 150  # the dataset's native size, and the master's input (as in the starter)
 CACHE = DATA_ROOT / "cache" / "distillation"
 
@@ -278,18 +283,24 @@ def cached_student_inputs(kind: str, smoke: bool, split: str) -> torch.Tensor:
     return torch.from_numpy(cached_array(path, lambda: student_inputs(kind, images, stem).numpy()))
 
 
-def student_config(student: str, temperature: float, alpha: float, teacher: str, smoke: bool, seed: int = 0,
-                   **overrides) -> dict:
-    """A student run; `teacher` names the cached teacher-logits file (its name carries its hash)."""
-    recipe = {"cnn": {"epochs": 20, "lr": 3e-3, "weight_decay": 5e-4, "batch_size": 64},
-              "mobilenet": {"epochs": 8, "lr": 2e-3, "weight_decay": 1e-4, "batch_size": 64}}[student]
+STUDENT_TRAINING = {  # AdamW with a one-cycle schedule; the CNN trains from scratch, MobileNet from ImageNet
+    "cnn": {key: RECIPE[key] for key in ("epochs", "lr", "weight_decay", "batch_size")},
+    "mobilenet": {"epochs": 8, "lr": 2e-3, "weight_decay": 1e-4, "batch_size": 64},
+}
+
+
+def make_config(student: str = RECIPE["student"], temperature: float = RECIPE["temperature"],
+                alpha: float = RECIPE["alpha"], teacher: str | None = None, smoke: bool = False, seed: int = 0,
+                **overrides) -> dict:
+    """A student run (by default the shipped one, RECIPE); `teacher` names the cached teacher-logits file
+    (`save_teacher_logits`; its name carries its hash), which a run needs. alpha = 0: no distillation."""
     name = f"{student}-" + (f"kd-T{temperature:g}-a{alpha:g}" if alpha else "ce") + f"-s{seed}"
     config = {"name": name, "student": student, "temperature": temperature, "alpha": alpha, "teacher": teacher,
-              "seed": seed, "smoke": smoke} | recipe | overrides
+              "seed": seed, "smoke": smoke} | STUDENT_TRAINING[student] | overrides
     return config | ({"epochs": 1} if smoke else {})
 
 
-def run_student(config: dict, run_dir: Path) -> dict:
+def run(config: dict, run_dir: Path) -> dict:
     """Train (or reload) one student; returns its history, its test logits (end to end, from the test
     images) and its weights' path."""
     data = profile_data(config["smoke"])
@@ -379,6 +390,37 @@ def preprocess(path, side: int = IMAGE_SIZE) -> torch.Tensor:
     bad files raise BadImageError."""
     image = torch.tensor(load_image(path, (IMAGE_SIZE, IMAGE_SIZE)))[None]
     return to_float(image)[0] if side == IMAGE_SIZE else resize(image, side)[0].float() / 255
+
+
+def summarize(*, profile: str, cost: pd.DataFrame, best_kind: str, best_run: dict, agreement: dict[str, float],
+              effect: dict[str, dict]) -> dict:
+    """results.json from the Challenge notebook's cost table (one row per exported model, "master" first), the
+    deployed student's kind and run, each export's top-1 agreement with its PyTorch student and the
+    distillation effect per student kind."""
+    deployed = cost.loc[f"{best_kind} int8"]
+    master = cost.loc["master"]
+    return {
+        "dataset": "intel_q75",
+        "profile": profile,
+        "data": "Intel Image Classification (offline mirror, JPEG q75): 14,034 train (20% validation), 3,000 test",
+        "master_accuracy": float(master["test accuracy"]),
+        "master_params": int(master["parameters"]),
+        "student": f"{best_kind} ({best_run['config']['name']}), int8 ONNX",
+        "student_accuracy": float(deployed["test accuracy"]),
+        "student_params": int(deployed["parameters"]),
+        "param_ratio": float(deployed["fewer parameters (x)"]),
+        "size_ratio": float(deployed["smaller on disk (x)"]),
+        "latency_ratio": float(deployed["faster (x)"]),
+        "export_agreement": agreement[f"{best_kind} int8"],
+        "latency_threads": 1,
+        "distillation_effect": {kind: {k: float(v) for k, v in row.items()} for kind, row in effect.items()},
+        "models": {name: {k: float(v) for k, v in row.items()} for name, row in cost.iterrows()},
+        "headline": {
+            "student vs master accuracy": f"{deployed['test accuracy']:.4f} vs {master['test accuracy']:.4f}",
+            "student cost": f"{deployed['fewer parameters (x)']:.0f}x fewer parameters, "
+                            f"{deployed['smaller on disk (x)']:.0f}x smaller, {deployed['faster (x)']:.0f}x faster",
+        },
+    }
 
 
 # ---------------------------------------------------------------- the committed predictor: master and student

@@ -1,6 +1,7 @@
 """doom_crossing/common.py: data (Kaggle Doom vs Animal Crossing, or its Intel stand-in), the pretrained
 MobileNetV2 classifier, linear probe, fine-tuning, statistics, Grad-CAM, OOD detection, a new class and the
 committed predictor (the 3-seed ensemble with the OOD guard of Q3)."""
+import functools
 import warnings
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from torchvision.transforms import v2
 from mlkit.datasets import DATA_ROOT, prepare
 from mlkit.experiments import cached_array
 from mlkit.images import ImageArrays, list_images, load_class_folders, load_image, predict_files, write_demo_folder
+from mlkit.metrics import mcnemar_p_value, mean_std, wilson_interval
 from mlkit.predictors import image_table, load_arrays, read_manifest, save_arrays, write_manifest
 from mlkit.pretrained import MOBILENET_V2_FEATURES, mobilenet_v2_features
 from mlkit.results import ROOT
@@ -34,6 +36,12 @@ CROP = 144  # network input: random crops for training, the centre crop for eval
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet statistics
 STANDIN = {"task": ("buildings", "street"), "ood": ("forest", "glacier", "sea"), "new": ("mountain",)}
 PER_CLASS = {"task": 800, "ood": 200, "new_train": 50, "new_test": 200}
+RECIPE = {  # the shipped model: ImageNet MobileNetV2 fine-tuned whole, one run per seed of SEEDS (their ensemble)
+    "epochs": 5,  # over the 1,120 training images, with a one-cycle schedule (20% warm-up) stepped every batch
+    "lr_backbone": 3e-4, "lr_head": 3e-3,  # AdamW: the pretrained features move 10x slower than the new head
+    "weight_decay": 1e-4,
+    "label_smoothing": 0.1,
+}
 SEEDS = (0, 1, 2)  # fine-tuning seeds: the shipped model is their ensemble
 HERE = Path(__file__).resolve().parent
 CHECKPOINTS = HERE / "checkpoints"  # the committed predictor: fine-tuned weights, OOD feature bank, predictor.json
@@ -217,12 +225,29 @@ def auroc(scores_negative, scores_positive) -> float:
 
 # ---------------------------------------------------------------- fine-tuning
 
-def finetune_configs(smoke: bool, seeds=SEEDS, split_seed: int = 0) -> list[dict]:
-    """One run per seed, trained on the train/val/test split drawn with `split_seed`."""
-    epochs = 1 if smoke else 5
-    return [{"name": f"finetune-split{split_seed}-s{seed}", "seed": seed, "split_seed": split_seed, "epochs": epochs,
-             "lr_backbone": 3e-4, "lr_head": 3e-3, "weight_decay": 1e-4, "label_smoothing": 0.1, "smoke": smoke}
-            for seed in seeds]
+def make_config(seed: int = 0, split_seed: int = 0, smoke: bool = False, dataset: str = "intel_standin") -> dict:
+    """One fine-tuning run (RECIPE) of `dataset`'s task, trained on the train/val/test split drawn with
+    `split_seed`; the smoke profile trains one epoch on `load_sets`' subset."""
+    return {"name": f"finetune-split{split_seed}-s{seed}", "seed": seed, "split_seed": split_seed,
+            "dataset": dataset, **RECIPE, "smoke": smoke} | ({"epochs": 1} if smoke else {})
+
+
+def finetune_configs(smoke: bool, seeds=SEEDS, split_seed: int = 0, dataset: str = "intel_standin") -> list[dict]:
+    """One run per seed: the members of one ensemble."""
+    return [make_config(seed, split_seed, smoke, dataset) for seed in seeds]
+
+
+@functools.cache  # one read per process
+def load_sets(dataset: str, smoke: bool) -> dict[str, ImageArrays]:
+    """`load_data`'s sets; the smoke profile keeps 40 images per class of the task, 10 of the others."""
+    sets = load_data(dataset, cache_dir=DATA_ROOT / "cache")
+    return {name: data.sample_per_class(40 if name == "task" else 10) for name, data in sets.items()} if smoke \
+        else sets
+
+
+def run(config: dict, run_dir: Path) -> tuple[nn.Module, list[dict]]:
+    """Fine-tune (or reload) one configuration on its dataset's task images."""
+    return finetune(config, run_dir, load_sets(config["dataset"], config["smoke"])["task"])
 
 
 def finetune(config: dict, run_dir: Path, data: ImageArrays) -> tuple[Classifier, list[dict]]:
@@ -343,6 +368,52 @@ def with_new_class(old_probabilities, distances) -> np.ndarray:
     return np.where(is_new, distances.shape[1] - 1, old_probabilities.argmax(1))
 
 
+# ---------------------------------------------------------------- results.json
+
+def summarize(*, profile: str, dataset: str, probe_correct: np.ndarray, seed_correct: list[np.ndarray],
+              ensemble_correct: np.ndarray, split_ensemble_accuracies: list[float], split_differences: list[float],
+              split_p_value: float, probe_split_accuracies: list[float], permutation_p_value: float,
+              ood_auroc: float, new_class_accuracy: float, old_class_accuracy_drop: float) -> dict:
+    """results.json from the Challenge notebook's measurements: per-image correctness on split 0's test images
+    (probe, each seed, their ensemble), the ensemble and its difference from the probe on every split seed, the
+    statistics of Q2, the OOD AUROC of Q3 and the new class of Q4."""
+    probe_accuracy, ensemble_accuracy = float(probe_correct.mean()), float(ensemble_correct.mean())
+    seed_mean, seed_std = mean_std([correct.mean() for correct in seed_correct])
+    split_mean, split_std = mean_std(split_ensemble_accuracies)
+    members = len(seed_correct)
+    return {
+        "profile": profile,
+        "dataset": dataset,
+        "data": ("Intel Image Classification stand-in for Kaggle doom-crossing: buildings vs street, 800 each, "
+                 "70/15/15 split; OOD forest/glacier/sea; new class mountain" if dataset == "intel_standin"
+                 else "Kaggle andrewmvd/doom-crossing, 70/15/15 split; Intel OOD and new-class images"),
+        "probe_accuracy": probe_accuracy,
+        "finetune_model": f"{members}-seed ensemble (mean softmax)",
+        "finetune_accuracy": ensemble_accuracy,
+        "finetune_accuracy_ci95": list(wilson_interval(int(ensemble_correct.sum()), len(ensemble_correct))),
+        "finetune_vs_probe_mcnemar_p": mcnemar_p_value(ensemble_correct, probe_correct),
+        "finetune_accuracy_split_seeds": list(split_ensemble_accuracies),
+        "finetune_minus_probe_by_split": list(split_differences),
+        "finetune_vs_probe_split_p_value": split_p_value,
+        "finetune_seed_accuracies": [correct.mean() for correct in seed_correct],
+        "finetune_seed_accuracy_mean": seed_mean,
+        "finetune_seed_accuracy_std": seed_std,
+        "probe_accuracy_split_seeds": list(probe_split_accuracies),
+        "permutation_p_value": permutation_p_value,
+        "ood_auroc": ood_auroc,
+        "new_class_accuracy": new_class_accuracy,
+        "old_class_accuracy_drop": old_class_accuracy_drop,
+        "headline": {
+            "fine-tuned test accuracy": f"{ensemble_accuracy:.3f} ({members}-seed ensemble; probe "
+                                        f"{probe_accuracy:.3f}); over {len(split_differences)} splits "
+                                        f"{split_mean:.3f} ± {split_std:.3f}, {np.mean(split_differences):+.3f} vs "
+                                        f"probe (p = {split_p_value:.3f})",
+            "OOD AUROC": f"{ood_auroc:.3f}",
+            "new class from 50 images": f"{new_class_accuracy:.3f} (old classes -{old_class_accuracy_drop:.3f})",
+        },
+    }
+
+
 # ---------------------------------------------------------------- new files: the committed predictor
 
 NEITHER = "NEITHER"  # the prediction for inputs the OOD guard rejects
@@ -377,9 +448,7 @@ def export_predictor(folder=CHECKPOINTS, smoke: bool = False, dataset: str = "in
     missing = [name for name in weights if not (folder / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{folder}: missing {', '.join(missing)} (saved by the notebook's results cell)")
-    data = load_data(dataset, DATA_ROOT / "cache")["task"]
-    if smoke:
-        data = data.sample_per_class(40)  # the notebook's smoke subset
+    data = load_sets(dataset, smoke)["task"]
     splits = split(data.labels)
     features = embed(Classifier(len(data.classes)), data.images)  # frozen pretrained features, as in Q3
     bank = features[splits["train"]]
@@ -409,7 +478,7 @@ def export_predictor(folder=CHECKPOINTS, smoke: bool = False, dataset: str = "in
                  "sha256": MOBILENET_V2_FEATURES.sha256}},
         source={"notebook": "doom_crossing/Challenge.ipynb", "dataset": dataset, "split_seed": 0,
                 "bank": "training split of the task images", "threshold_from": "validation split",
-                "runs": finetune_configs(smoke), "smoke": smoke},
+                "runs": finetune_configs(smoke, dataset=dataset), "smoke": smoke},
     )
     shown = manifest.relative_to(ROOT) if manifest.is_relative_to(ROOT) else manifest.name
     print(f"wrote {shown}: OOD threshold {threshold:.3f} ({OOD_QUANTILE} quantile of {len(splits['val'])} validation "

@@ -15,8 +15,8 @@ from mlkit.experiments import run_all
 if __name__ == "__main__":
     torch.backends.cudnn.benchmark = True
     dataset, seeds = sys.argv[1], [int(seed) for seed in sys.argv[2:]]
-    configs = [common.scaled_recipe(dataset, seed, smoke=False) for seed in seeds]
-    for row in run_all(common.train, configs, Path(__file__).parent / "runs", workers=1):
+    configs = [common.make_config(dataset, seed) for seed in seeds]
+    for row in run_all(common.run, configs, Path(__file__).parent / "runs", workers=1):
         print(f"split seed {row['config']['seed']}: balanced accuracy {row['balanced_accuracy']:.4f}, with flip "
               f"TTA {row['tta_balanced_accuracy']:.4f}, {sum(r['seconds'] for r in row['history']):.0f} s on "
               f"{row['hardware']}", flush=True)

@@ -54,6 +54,26 @@ def setup_cell(challenge: str) -> str:
     return SETUP_CELL.format(repository=REPOSITORY, challenge=challenge)
 
 STANDALONE_TAGS = ("parameters", "export", "predict")
+APPROACH_TAGS = ("parameters", "approach")  # the cells that show a challenge's recipe: they read source files only
+
+
+def show_source(module, *parts) -> None:
+    """Print what a reader should see of a challenge's approach, as written in `module`: module-level assignments
+    by name (e.g. "RECIPE", comments included) and functions or classes (their source)."""
+    import ast
+    import inspect
+
+    text = inspect.getsource(module)
+    lines = text.splitlines()
+    assignments = {target.id: node for node in ast.parse(text).body if isinstance(node, ast.Assign)
+                   for target in node.targets if isinstance(target, ast.Name)}
+    for part in parts:
+        if isinstance(part, str):
+            node = assignments[part]
+            print("\n".join(lines[node.lineno - 1:node.end_lineno]))
+        else:
+            print(inspect.getsource(part).rstrip())
+        print()
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,19 @@ MASK_RATE = 0.1
 EVAL_SEQ_LEN = 35  # the tutorial's bptt: every model is scored on the same 35-token windows
 EVAL_SEED = 1234
 DEV_PASSES = 10  # the dev split is small: it is scored under 10 disjoint masks, so every position counts once
+RECIPE = {  # the shipped model, on top of BASELINE (the tutorial's protocol: windows of 35 tokens, seed 0)
+    "arch": "lstm",  # a bidirectional cloze LSTM: predicts each word from the words on both sides, never its own
+    "d_model": 256, "d_hid": 256, "nlayers": 1,  # embedding and hidden size; one layer each way
+    "dropout": 0.4,  # strong regularisation: the offline training split is small (the valid file's articles)
+    "tied": True,  # input and output embeddings shared: fewer parameters
+    "unigram_bias": True,  # the output bias starts at the log unigram frequencies: training starts at the unigram
+    "loss_on": "all",  # every position is a target (the model never sees its own input word)
+    "dynamic": True, "mask_rate": 0.15,  # a fresh 15% of the inputs masked each epoch teaches reading around blanks
+    "batch_size": 32, "clip": 1.0,
+    "optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.1, "warmup": 0.05,  # warm-up 5% of steps, cosine decay
+    "epochs": 8,  # 8 rather than 4: chosen on dev (`LSTM_CHOICES`); the epoch with the lowest dev loss is kept
+}
+SHIPPED_RUN = "cloze_bilstm_256_8_epochs"
 PROTOCOLS = {  # name -> files for train, model selection, test (None: the held-out 10% of the training articles)
     "offline": ("wiki.valid.tokens", None, "wiki.test.tokens"),
     "official": ("wiki.train.tokens", "wiki.valid.tokens", "wiki.test.tokens"),
@@ -523,7 +536,7 @@ def make_optimizer(model: nn.Module, config: dict, steps_per_epoch: int) -> tupl
     return optimizer, {"scheduler": scheduler, "scheduler_per_batch": True}
 
 
-def train_run(config: dict, run_dir: Path) -> dict:
+def run(config: dict, run_dir: Path) -> dict:
     """Train one configuration (BASELINE's keys), keep the epoch with the best dev loss, score it on the test set."""
     seed_everything(config["seed"])
     corpus = load_corpus(config["protocol"], config["limit"])
@@ -736,8 +749,11 @@ CHANGES = {  # candidate changes to the baseline, at the same parameter budget a
 ALL_CHANGES = {key: value for change in CHANGES.values() for key, value in change.items()}
 
 
-def make_config(name: str, smoke: bool = False, **changes) -> dict:
-    """BASELINE with `changes`; the smoke profile trains one epoch on the first 20k tokens of each split."""
+def make_config(name: str | None = None, smoke: bool = False, **changes) -> dict:
+    """BASELINE with `changes`, named `name`; without a name, the shipped model (BASELINE | RECIPE). The smoke
+    profile trains one epoch on the first 20k tokens of each split."""
+    if name is None:
+        name, changes = SHIPPED_RUN, RECIPE | changes
     config = BASELINE | changes | {"name": name}
     return config | ({"limit": 20_000, "epochs": 1} if smoke else {})
 
@@ -755,7 +771,7 @@ def change_slug(label: str) -> str:
     return re.sub(r"\W+", "_", label.lower()).strip("_")
 
 
-def recipe(config: dict) -> dict:
+def hyperparameters(config: dict) -> dict:
     """A run's configuration without what `make_config` sets: its name and profile (epochs, token limit)."""
     return {key: value for key, value in config.items() if key not in ("name", "limit", "epochs")}
 
@@ -765,12 +781,7 @@ def seed_configs(config: dict, seeds=(1, 2)) -> list[dict]:
     return [config | {"seed": seed, "name": f"{config['name']}_seed{seed}"} for seed in seeds]
 
 
-CLOZE_LSTM = {  # the bidirectional LSTM's recipe: AdamW, every position a target, a fresh 15% of the inputs masked
-    "arch": "lstm", "d_model": 256, "d_hid": 256, "nlayers": 1, "dropout": 0.4, "tied": True, "batch_size": 32,
-    "optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.1, "warmup": 0.05, "clip": 1.0, "loss_on": "all",
-    "dynamic": True, "mask_rate": 0.15, "unigram_bias": True,
-}
-LSTM_CHOICES = {  # label -> changes to CLOZE_LSTM, chosen between on dev
+LSTM_CHOICES = {  # label -> changes to RECIPE, chosen between on dev
     "BiLSTM 256, 4 epochs": {"epochs": 4},
     "BiLSTM 256, 8 epochs": {"epochs": 8},
 }
@@ -778,8 +789,58 @@ LSTM_CHOICES = {  # label -> changes to CLOZE_LSTM, chosen between on dev
 
 def unrestricted_configs(smoke: bool = False) -> dict[str, dict]:
     """Without the budget: a different architecture and objective, the bidirectional LSTM, at two lengths."""
-    return {label: make_config(f"cloze_{change_slug(label)}", smoke, **(CLOZE_LSTM | change))
+    return {label: make_config(f"cloze_{change_slug(label)}", smoke, **(RECIPE | change))
             for label, change in LSTM_CHOICES.items()}
+
+
+def summarize(*, protocol: str, profile: str, unigram: dict, count: dict, count_label: str, tutorial_seeds: list,
+              same_label: str, same_seeds: list, flops_ratio: float, time_ratio: float, lstm_label: str,
+              lstm_seeds: list, lstm_flops_ratio: float, final: dict, ablation: dict, unrestricted: dict) -> dict:
+    """results.json from the Challenge notebook's measurements: the references (unigram metrics per split, the
+    count run chosen on dev, the tutorial's seeds), the same-resources and unrestricted models chosen on dev
+    (seed 0 first) with their cost ratios, the final system's run, and every trained run by label."""
+    tutorial, same, lstm = tutorial_seeds[0], same_seeds[0], lstm_seeds[0]
+    reseeded = (("tutorial MLM", tutorial_seeds[1:]), ("same-resources model", same_seeds[1:]),
+                (lstm_label, lstm_seeds[1:]))
+    trained = {"tutorial MLM": tutorial} | ablation | {
+        f"{label}, seed {r['config']['seed']}": r for label, runs in reseeded for r in runs} | unrestricted
+    results = {
+        "data": f"WikiText-2 masked words, {protocol} protocol" + (
+            " (train: valid file minus 10% articles; test file)" if protocol == "offline" else ""),
+        "profile": profile, "dataset": "wikitext2", "protocol": protocol,
+        "unigram_ppl": unigram["test"]["perplexity"], "unigram_top1": unigram["test"]["top1"],
+        "count_baseline_ppl": count["test"]["perplexity"], "count_baseline_top1": count["test"]["top1"],
+        "count_baseline_model": count_label,
+        "baseline_ppl": tutorial["test"]["perplexity"], "baseline_top1": tutorial["test"]["top1"],
+        "baseline_ppl_by_seed": [r["test"]["perplexity"] for r in tutorial_seeds],
+        "same_resources_ppl": same["test"]["perplexity"], "same_resources_top1": same["test"]["top1"],
+        "same_resources_model": same_label, "same_resources_flops_ratio": flops_ratio,
+        "same_resources_time_ratio": time_ratio,
+        "same_resources_ppl_by_seed": [r["test"]["perplexity"] for r in same_seeds],
+        "neural_best_ppl": lstm["test"]["perplexity"], "neural_best_top1": lstm["test"]["top1"],
+        "neural_best_model": lstm_label, "neural_best_ppl_by_seed": [r["test"]["perplexity"] for r in lstm_seeds],
+        "neural_best_flops_ratio": lstm_flops_ratio,
+        "final_ppl": final["test"]["perplexity"], "final_top1": final["test"]["top1"],
+        "final_model": f"ensemble of {len(lstm_seeds)} {lstm_label} seeds + {count_label}, "
+                       f"λ = {final['count_weight']}",
+        "unrestricted_model": lstm_label,  # the committed predictor: the LSTM alone (seed 0)
+        "train_minutes_all_runs": sum(r["train_seconds"] for r in trained.values()) / 60,
+        "trained_runs": len(trained),
+        "models": {"unigram": unigram["test"], "count baseline": count["test"], "ensemble": final["ensemble_test"],
+                   "final system": final["test"]} | {label: _run_summary(r) for label, r in trained.items()},
+    }
+    results["headline"] = {
+        "test ppl": f"{results['final_ppl']:.0f} final (LSTM ensemble + counts), {results['neural_best_ppl']:.0f} "
+                    f"LSTM alone, {results['count_baseline_ppl']:.0f} count baseline, "
+                    f"{results['same_resources_ppl']:.0f} same cost, {results['baseline_ppl']:.0f} tutorial MLM",
+        "top-1": f"{results['final_top1']:.3f} final vs {results['count_baseline_top1']:.3f} counts, "
+                 f"{results['baseline_top1']:.3f} tutorial MLM",
+    }
+    return results
+
+
+def _run_summary(r: dict) -> dict:
+    return r["test"] | {"parameters": r["params"], "tokens_seen": r["tokens_seen"], "train_seconds": r["train_seconds"]}
 
 
 # ---------------------------------------------------------------- the committed predictor
@@ -829,7 +890,7 @@ def export_predictor(folder=CHECKPOINTS, smoke: bool = False) -> Path:
         weights={"file": WEIGHTS, "bytes": weights.stat().st_size,
                  "format": "{config, state_dict} with fp16 floats: torch.load(weights_only=True), the positional "
                            "table recomputed (common.load_checkpoint)"},
-        source={"run": config["name"], "recipe": recipe(config), "epochs": config["epochs"],
+        source={"run": config["name"], "recipe": hyperparameters(config), "epochs": config["epochs"],
                 "data": results.get("data"), "profile": results.get("profile"),
                 "test": {key: scores.get(key) for key in ("perplexity", "top1", "top5", "positions")},
                 "train_seconds": scores.get("train_seconds"), "results": "results.json (unrestricted_model)"},

@@ -82,7 +82,7 @@ def test_train_learns_a_separable_toy_problem_and_resumes_as_finished(tmp_path):
     images = np.where(labels[:, None, None, None] == 1, 200, 40).astype(np.uint8) * np.ones((1, 32, 32, 3), np.uint8)
     arrays = ImageArrays(images, labels, [str(i) for i in range(64)], ["a", "b"])
     data = {"train": arrays, "test": arrays}
-    config = common.config("plain_cnn", epochs=3, batch_size=16, optimizer="adamw", lr=1e-3, augmentation="none")
+    config = common.make_config("plain_cnn", epochs=3, batch_size=16, optimizer="adamw", lr=1e-3, augmentation="none")
     _, history = common.train(config, tmp_path / "run", data)
     assert history[-1]["val_accuracy"] == 1.0
     _, again = common.train(config, tmp_path / "run", data)
@@ -99,23 +99,23 @@ def test_identical_recipes_share_one_run_and_different_ones_do_not():
 
 
 def test_equal_budget_and_smoke_configs():
-    assert common.config("vgg")["epochs"] == common.EQUAL_TIME_EPOCHS["vgg"]
+    assert common.make_config("vgg")["epochs"] == common.EQUAL_TIME_EPOCHS["vgg"]
     ablation = common.augmentation_configs("vgg", False)[0]
     assert ablation["epochs"] == common.ABLATION_BUDGETS * common.EQUAL_TIME_EPOCHS["vgg"]
-    smoke = common.config("vgg", smoke=True, epochs=7)
+    smoke = common.make_config("vgg", smoke=True, epochs=7)
     assert smoke["epochs"] == 1 and smoke["smoke"] and smoke["name"].endswith("-1ep-s0")
-    assert common.config("resnet20", optimizer="adamw")["weight_decay"] == common.WEIGHT_DECAY["adamw"]
+    assert common.make_config("resnet20", optimizer="adamw")["weight_decay"] == common.WEIGHT_DECAY["adamw"]
 
 
 def test_best_configs_keep_the_recipe_and_change_only_budget_and_seed():
-    recipe = common.config("airbench", optimizer="adamw", lr=3e-3) | {"augmentation": "flip_crop_cutout"}
+    recipe = common.make_config("airbench", optimizer="adamw", lr=3e-3) | {"augmentation": "flip_crop_cutout"}
     runs = common.best_configs(recipe, seeds=(0, 1))
     assert [r["seed"] for r in runs] == [0, 1]
     for run in runs:
         assert run["epochs"] == common.BEST_BUDGETS * common.EQUAL_TIME_EPOCHS["airbench"]
         assert {k: run[k] for k in ("optimizer", "lr", "augmentation", "weight_decay")} == {
             "optimizer": "adamw", "lr": 3e-3, "augmentation": "flip_crop_cutout", "weight_decay": 5e-2}
-        assert run["name"] == common.config(**{k: run[k] for k in run if k not in ("name", "smoke")})["name"]
+        assert run["name"] == common.make_config(**{k: run[k] for k in run if k not in ("name", "smoke")})["name"]
 
 
 def test_seconds_to_accuracy_counts_training_time_up_to_the_first_epoch_at_target():
@@ -325,3 +325,33 @@ def test_demo_images_are_small_committed_test_images():
     assert 4 <= len(files) <= 6 and sum(p.stat().st_size for p in common.DEMO.iterdir()) < 150_000
     assert all(p.name.split("_")[0] in common.CLASSES for p in files)
     assert all(load_image(p).shape == (32, 32, 3) for p in files)
+
+
+def _row(name, accuracy, tta, epochs=10, optimizer="sgd_nesterov", hardware="cpu"):
+    return {"config": {"name": name, "architecture": "airbench", "epochs": epochs, "optimizer": optimizer, "lr": 0.1,
+                       "seed": 0, "smoke": False}, "accuracy": accuracy, "tta_accuracy": tta, "macro_f1": accuracy,
+            "train_seconds": 600.0, "hardware": hardware, "train_images_per_second": 100.0}
+
+
+def test_summarize_scores_each_recipe_with_its_own_test_time_augmentation():
+    import pandas as pd
+
+    final = [_row("airbench96-74ep-s0", 0.92, 0.93, 74, hardware="gpu"), _row("airbench96-74ep-s1", 0.91, 0.95, 74)]
+    costs = pd.DataFrame({"params": 1, "MACs per image": 2, "latency ms (1 thread)": 0.5},
+                         index=list(common.ARCHITECTURES))
+    results = common.summarize(
+        profile="full", smoke=False, best_architecture="airbench", final_runs=final, final_tta="flip_translate",
+        best_runs=[_row("s0", 0.86, 0.87), _row("s1", 0.88, 0.89)], use_tta=True,
+        published_runs=[_row("airbench94-10ep-s0", 0.90, 0.91), _row("airbench94-20ep-s0", 0.91, 0.92, 20)],
+        gpu_runs=final, cpu_hours={74: 7.8}, baseline={"accuracy": 0.74}, costs=costs,
+        architecture_runs=[_row(name, 0.5, 0.5) for name in common.ARCHITECTURES],
+        augmentation_runs=[_row(policy, 0.6, 0.6) for policy in common.Augment.POLICIES],
+        optimizer_runs=[_row("o", 0.7, 0.7, optimizer=name) for name in ("adam", "sgd_nesterov")])
+    assert results["best_test_accuracy_mean"] == pytest.approx(0.94)
+    assert results["best_test_accuracy_std"] == pytest.approx(np.std([0.93, 0.95], ddof=1))
+    assert results["study_recipe_test_accuracy"] == pytest.approx({"mean": 0.88, "std": np.std([0.87, 0.89], ddof=1),
+                                                                   "seeds": 2, "tta": "flip"})
+    assert results["airbench94"][20]["tta_accuracy"] == 0.92 and results["best_recipe"]["tta"] == "flip_translate"
+    assert results["headline"]["best trained on the 2-core CPU"] == "0.9200 (airbench94-20ep-s0, 10 min)"
+    assert results["headline"]["baseline"] == "0.7400 (plain CNN, 10 epochs)"
+    assert len(results["architectures"]) == len(common.ARCHITECTURES) and results["profile"] == "full"

@@ -215,3 +215,19 @@ def test_demo_images_are_small_unlabelled_seg_pred_images():
     images = sorted(common.DEMO.glob("*.jpg"))
     assert 4 <= len(images) <= 6 and (common.DEMO / "README.md").is_file()
     assert sum(p.stat().st_size for p in common.DEMO.iterdir()) < 150_000
+
+
+def test_summarize_reports_the_deployed_int8_student_against_the_master():
+    import pandas as pd
+
+    cost = pd.DataFrame({"test accuracy": [0.90, 0.89, 0.88], "parameters": [6e7, 1e6, 1e6],
+                         "fewer parameters (x)": [1.0, 60.0, 60.0], "smaller on disk (x)": [1.0, 50.0, 230.0],
+                         "faster (x)": [1.0, 150.0, 190.0]}, index=["master", "cnn fp32", "cnn int8"])
+    results = common.summarize(profile="full", cost=cost, best_kind="cnn", best_run={"config": {"name": "cnn-kd"}},
+                               agreement={"cnn int8": 0.995, "cnn fp32": 1.0},
+                               effect={"cnn": {"cross-entropy": 0.87, "distilled": 0.88}})
+    assert results["student"] == "cnn (cnn-kd), int8 ONNX" and results["student_accuracy"] == 0.88
+    assert (results["master_accuracy"], results["size_ratio"], results["export_agreement"]) == (0.90, 230.0, 0.995)
+    assert results["headline"] == {"student vs master accuracy": "0.8800 vs 0.9000",
+                                   "student cost": "60x fewer parameters, 230x smaller, 190x faster"}
+    assert set(results["models"]) == {"master", "cnn fp32", "cnn int8"}

@@ -195,9 +195,22 @@ def test_committed_manifest_is_the_notebooks_q3_guard_and_describes_the_ensemble
     assert "3-seed" in repr(predictor) and "0.346" in repr(predictor)
 
 
-def test_missing_manifest_or_weights_give_clear_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="predictor.json"):
-        common.load_predictor(tmp_path)
+def test_missing_weights_give_a_clear_error(tmp_path):
     shutil.copy(common.CHECKPOINTS / "predictor.json", tmp_path)
     with pytest.raises(FileNotFoundError, match="mobilenetv2_finetuned_seed0_fp16.pt"):
         common.load_predictor(tmp_path)
+
+
+def test_summarize_counts_the_ensemble_and_the_splits():
+    probe, ensemble = np.array([1, 1, 0, 0], bool), np.array([1, 1, 1, 0], bool)
+    results = common.summarize(
+        profile="full", dataset="intel_standin", probe_correct=probe, seed_correct=[ensemble, probe, ensemble],
+        ensemble_correct=ensemble, split_ensemble_accuracies=[0.75, 0.85], split_differences=[0.25, 0.05],
+        split_p_value=0.04, probe_split_accuracies=[0.5, 0.8], permutation_p_value=0.005, ood_auroc=0.99,
+        new_class_accuracy=0.97, old_class_accuracy_drop=0.01)
+    assert (results["probe_accuracy"], results["finetune_accuracy"]) == (0.5, 0.75)
+    assert results["finetune_model"] == "3-seed ensemble (mean softmax)" and "stand-in" in results["data"]
+    assert results["finetune_seed_accuracy_mean"] == pytest.approx((0.75 + 0.5 + 0.75) / 3)
+    assert results["headline"]["fine-tuned test accuracy"] == ("0.750 (3-seed ensemble; probe 0.500); over 2 splits "
+                                                               "0.800 ± 0.071, +0.150 vs probe (p = 0.040)")
+    assert results["headline"]["new class from 50 images"] == "0.970 (old classes -0.010)"

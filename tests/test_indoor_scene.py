@@ -144,9 +144,7 @@ def test_a_batch_of_only_bad_files_gives_rows_with_errors(predictor, demo, tmp_p
     assert predictor.predict([]).empty
 
 
-def test_missing_manifest_or_hashes_give_clear_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="predictor.json is missing"):
-        common.load_predictor(tmp_path)
+def test_missing_weights_or_hashes_give_a_clear_error(tmp_path):
     shutil.copy(common.CHECKPOINTS / "predictor.json", tmp_path)
     with pytest.raises(FileNotFoundError, match="is missing"):
         common.load_predictor(tmp_path)
@@ -233,3 +231,21 @@ def test_demo_images_are_small_validation_images_named_by_class(predictor):
     assert 4 <= len(images) <= 6 and (common.DEMO / "README.md").is_file()
     assert sum(p.stat().st_size for p in common.DEMO.iterdir()) < 150_000
     assert {p.stem.rsplit("_", 1)[0] for p in images} <= set(predictor.classes)
+
+
+def test_summarize_reports_mean_and_spread_over_split_seeds():
+    def run(plain, tta, hardware="cpu"):
+        return {"balanced_accuracy": plain, "tta_balanced_accuracy": tta, "hardware": hardware,
+                "config": {"name": "challenge-scaled", "seed": 0, "smoke": False, "width": 48}}
+
+    results = common.summarize(
+        dataset="scene15", profile="full", split_seeds=(0, 1), baseline_runs=[run(0.6, 0.61), run(0.7, 0.71)],
+        recipe_runs=[run(0.8, 0.81), run(0.8, 0.83)], scaled_runs=[run(0.9, 0.91, "gpu"), run(0.9, 0.89, "gpu")],
+        ablation={"full recipe": 0.812345}, scaled_cpu_hours=8.0)
+    assert results["baseline_balanced_accuracy_mean"] == pytest.approx(0.65)
+    assert results["challenge_balanced_accuracy_mean"] == pytest.approx(0.90)
+    assert results["challenge_balanced_accuracy_per_seed"] == [0.91, 0.89] and results["challenge_trained_on"] == "gpu"
+    assert results["challenge_recipe"] == {"width": 48} and results["ablation_seed0"] == {"full recipe": 0.8123}
+    assert results["headline"]["balanced accuracy"] == ("0.900 ± 0.014 over 2 split seeds (baseline 0.650; trained "
+                                                        "on gpu)")
+    assert "stand-in" in results["data"]

@@ -264,7 +264,8 @@ def test_unrestricted_runs_are_the_lstm_recipe_at_two_lengths():
     configs = common.unrestricted_configs()
     assert [c["epochs"] for c in configs.values()] == [4, 8]
     for config in configs.values():
-        assert config["arch"] == "lstm" and common.recipe(config) == common.recipe(common.BASELINE | common.CLOZE_LSTM)
+        shipped = common.hyperparameters(common.BASELINE | common.RECIPE)
+        assert config["arch"] == "lstm" and common.hyperparameters(config) == shipped
     assert all((c["epochs"], c["limit"]) == (1, 20_000) for c in common.unrestricted_configs(smoke=True).values())
 
 
@@ -275,7 +276,7 @@ def test_seed_configs_change_only_the_seed_and_name_the_run_after_it():
     assert all({k for k in config if c[k] != config[k]} == {"seed", "name"} for c in reseeded)
 
 
-LSTM = common.BASELINE | common.CLOZE_LSTM | {"d_model": 16, "d_hid": 12, "dropout": 0.0}
+LSTM = common.BASELINE | common.RECIPE | {"d_model": 16, "d_hid": 12, "dropout": 0.0}
 
 
 def test_cloze_lstm_predicts_each_position_from_both_sides_but_never_from_its_own_input():
@@ -312,7 +313,7 @@ def test_lstm_flops_are_counted_as_their_two_matrix_products_per_pass():
     with FlopCounterMode(display=False, custom_mapping=common.LSTM_FLOPS) as counter:
         lstm(x)[0].sum().backward()
     assert counter.get_total_flops() == 3 * 2 * 15 * 4 * 6 * (8 + 6)  # forward + twice that backward
-    lstm_config = common.make_config("lstm", **common.CLOZE_LSTM)
+    lstm_config = common.make_config("lstm", **common.RECIPE)
     assert common.training_flops_per_token(lstm_config, VOCAB) > 3 * 2 * 2 * 4 * 256 * 512  # both directions
 
 
@@ -514,3 +515,27 @@ def test_export_then_load_a_predictor_from_its_folder_alone(tmp_path, monkeypatc
     table = loaded.predict(["the [MASK] sat", "a [MASK] ran [MASK]"])
     assert table["sentence"].tolist() == [0, 1, 1] and (table["error"] == "").all()
     assert "first 100 tokens" in loaded.manifest["vocabulary"]["source"]
+
+
+def _trained(perplexity, seed=0):
+    return {"test": {"perplexity": perplexity, "top1": 1 / perplexity}, "params": 10, "tokens_seen": 100,
+            "train_seconds": 60.0, "config": {"seed": seed}}
+
+
+def test_summarize_collects_every_model_and_the_headline():
+    results = common.summarize(
+        protocol="offline", profile="full", unigram={"test": {"perplexity": 750.0, "top1": 0.07}},
+        count={"test": {"perplexity": 230.0, "top1": 0.22}}, count_label="4-gram counts",
+        tutorial_seeds=[_trained(970.0), _trained(980.0, 1)], same_label="masked loss",
+        same_seeds=[_trained(600.0), _trained(610.0, 1)], flops_ratio=1.0, time_ratio=0.9, lstm_label="BiLSTM",
+        lstm_seeds=[_trained(150.0), _trained(151.0, 1), _trained(152.0, 2)], lstm_flops_ratio=3.0,
+        final={"test": {"perplexity": 120.0, "top1": 0.27}, "ensemble_test": {"perplexity": 130.0},
+               "count_weight": 0.2},
+        ablation={"all changes": _trained(650.0)}, unrestricted={"BiLSTM": _trained(150.0)})
+    assert (results["final_ppl"], results["neural_best_ppl"], results["count_baseline_ppl"]) == (120.0, 150.0, 230.0)
+    assert results["final_model"] == "ensemble of 3 BiLSTM seeds + 4-gram counts, λ = 0.2"
+    assert results["baseline_ppl_by_seed"] == [970.0, 980.0] and results["trained_runs"] == 7
+    assert results["train_minutes_all_runs"] == pytest.approx(7.0)
+    assert results["headline"]["test ppl"] == ("120 final (LSTM ensemble + counts), 150 LSTM alone, 230 count "
+                                               "baseline, 600 same cost, 970 tutorial MLM")
+    assert "train: valid file minus 10% articles" in results["data"]

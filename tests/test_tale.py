@@ -547,7 +547,7 @@ def test_predictor_manifest_describes_both_ontologies(predictor):
         assert entry["terms"]["roots"] == [go.ids[r] for r in go.roots]
         assert entry["blend"]["weight"] in common.BLEND_WEIGHTS and entry["blend"]["source"]
         assert {"seed", "count", "pool_size", "accessions_sha256", "source"} <= set(entry["reference"])
-        assert entry["config"] == common.model_config(common.NETWORK, ontology, "full")
+        assert entry["config"] == common.make_config(common.NETWORK, ontology, "full")
     assert repr(predictor).startswith("tale tale_minor predictor, MF 6,381 + CC 2,574 GO terms")
 
 
@@ -626,8 +626,20 @@ def test_prior_bias_starts_the_outputs_at_the_training_frequencies(tmp_path, mon
 
 
 def test_blend_weight_comes_from_results_json_when_no_validation_scores_are_cached(tmp_path):
-    config = common.model_config(common.NETWORK, "mf", "full")
+    config = common.make_config(common.NETWORK, "mf", "full")
     weights = common.CHECKPOINTS / common.weights_file("mf")
     blend = common.exported_blend("mf", toy_ontology(), config, "full", {"blend_weights": {"tale_minor_mf": 0.3}},
                                   tmp_path, weights)
     assert blend["weight"] == 0.3 and "results.json" in blend["source"]
+
+
+def test_summarize_tables_every_model_per_ontology():
+    evaluations = {o: {m: {"fmax": i / 10 + (o == "cc") / 100, "aupr": 0.3, "smin": 9.0, "fmax_ci": [0.1, 0.2]}
+                       for i, m in enumerate(common.SUMMARIZED)} for o in common.ONTOLOGIES}
+    results = common.summarize(profile="smoke", evaluations=evaluations, blend={("tale_minor", "mf"): 0.6},
+                               infos={("tale_minor", "mf"): {"train_seconds": 600.0}})
+    assert results["fmax"]["blast"] == {"mf": 0.1, "cc": 0.11} and results["fmax_ci"]["naive"]["cc"] == [0.1, 0.2]
+    assert results["blend_weights"] == {"tale_minor_mf": 0.6} and results["train_minutes"] == {"tale_minor_mf": 10.0}
+    assert results["headline"] == {"Fmax mf (ensemble / blast / tale_port)": "0.500 / 0.100 / 0.200",
+                                   "Fmax cc (ensemble / blast / tale_port)": "0.510 / 0.110 / 0.210"}
+    assert results["data"].endswith("[smoke subset]")

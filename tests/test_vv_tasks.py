@@ -327,3 +327,32 @@ def test_demo_digits_are_small_test_images_of_different_digits():
     assert 5 <= len(files) <= 7 and len(set(digits)) == len(digits)
     assert sum(p.stat().st_size for p in common.DEMO.iterdir()) < 150_000
     assert all(Image.open(p).size == (28, 28) for p in files if p.suffix == ".png")
+
+
+def _vv_run(task, row, accuracy, seed=0, **test):
+    return {"config": {"task": task, "row": row, "seed": seed, "name": f"{task}-{row}-s{seed}"},
+            "test": {"accuracy": accuracy, "mean_abs_logit": 1.0, "loss": 0.5} | test, "history": [{"seconds": 900.0}]}
+
+
+def test_summarize_reads_each_task_from_its_rows():
+    runs = {"baseline": [_vv_run(t, "original (as given)", a) for t, a in (("task1", 0.3), ("task2", 0.2),
+                                                                          ("task3", 0.6))],
+            "task1": [_vv_run("task1", common.TASK1_SOLUTION, a, s) for s, a in enumerate((0.94, 0.96))],
+            "task2": [_vv_run("task2", "original loop", 0.2), _vv_run("task2", "improved loop", 0.9)],
+            "task3": [_vv_run("task3", common.TASK3_SOLUTION, 0.95),
+                      _vv_run("task3", "guessed augmentation (first version)", 0.91)]}
+    task4 = [_vv_run("task4", "ce", 0.94, mean_abs_logit=16.0, loss=0.2),
+             _vv_run("task4", "scaled_ce 30.0", 0.93, mean_abs_logit=1.0, loss=2.0)]
+    results = common.summarize(runs, task4, "scaled_ce 30.0", "full")
+    assert results["task1_accuracy_mean"] == pytest.approx(0.95) and results["task1_shipped_seed_accuracy"] == 0.94
+    assert (results["task2_improved_loop_accuracy_mean"], results["task3_baseline_accuracy"]) == (0.9, 0.6)
+    assert results["training_hours"] == pytest.approx(11 * 900 / 3600)  # every run of both arguments
+    assert results["headline"]["task 4 logits"].startswith("16.0x smaller with scaled_ce 30.0 (chosen on validation)")
+
+
+def test_recipe_is_what_the_notebook_measured_and_chose():
+    corruption = common.task3_corruption()
+    assert common.RECIPE["task3"]["augment"] == {part: corruption[part] for part in common.MATCHED_PARTS}
+    recipe = common.RECIPE["task4"]
+    assert f"{recipe['loss']} {recipe['strength']}" == json.loads((ROOT / "vv_tasks" / "results.json").read_text())[
+        "task4_loss"]

@@ -39,11 +39,29 @@ CHECKPOINTS = HERE / "checkpoints"
 DEMO = HERE / "demo"  # committed test digits for the last cell's demo
 DIGITS = [str(d) for d in range(10)]
 BATCH_SIZE = 256
-RECIPES = {  # task -> (model, learning rate, epochs); all SGD with momentum 0.9
+GIVEN = {  # task -> (model, learning rate, epochs), fixed by the tasks; all SGD with momentum 0.9, batch 256
     "task1": ("ModelTask1", 0.005, 50),
     "task2": ("ModelTask1", 0.001, 50),
     "task3": ("ModelTask3", 0.005, 100),
     "task4": ("ModelTask4", 0.001, 100),
+}
+RECIPE = {  # task -> what trains its shipped model on top of GIVEN: a run's configuration (`make_config(task)`)
+    "task1": {
+        "shuffle": True,  # the given loader serves one class per batch: shuffle every epoch
+        "balance": True,  # 464 fives against 5,718 nines: draw every class equally often (the biggest fix)
+        "relabel": "knn",  # systematic wrong labels (ones filed as 0, ...): two rounds of k-NN relabelling
+        "augment": "shift",  # random shifts of up to 2 px (zero fill): the last 2 points
+    },
+    "task3": {  # the test set's corruption, estimated from its images (`estimate_corruption`), as augmentation:
+        "augment": {"shift": [1.55, 1.56, 0.75],  # px: mean right, mean down, sd (the biggest part of the gain)
+                    "blur": 1.2,  # Gaussian blur sigma (px), drawn per image within 20% of it
+                    "rotation": 6.75,  # sd of a random rotation (degrees)
+                    "noise": 4.92},  # sd of additive Gaussian pixel noise (grey levels; adds nothing measurable)
+    },
+    "task4": {  # task 1's fixes, 10% held out to choose the loss, and the loss chosen there (`recommend_loss`)
+        "shuffle": True, "balance": True, "relabel": "knn", "augment": "shift", "holdout": 0.1,
+        "loss": "scaled_ce", "strength": 30.0,  # cross-entropy of 30 x logits: logits 30x smaller, same softmax
+    },
 }
 
 
@@ -322,7 +340,7 @@ def cleaned_train(task: str, limit_per_class: int | None, relabel: str, drop_dou
     return cleaned.subset(np.where(support >= DOUBTFUL_BELOW)[0]) if drop_doubtful else cleaned
 
 
-def train_run(config: dict, run_dir: Path) -> dict:
+def run(config: dict, run_dir: Path) -> dict:
     """Train the task's fixed model under `config` and score it on the task's test set.
 
     config keys: task, seed, data fixes (shuffle, relabel, drop_doubtful, balance, augment), loop options
@@ -331,7 +349,7 @@ def train_run(config: dict, run_dir: Path) -> dict:
     with a held-out split, its metrics: what the notebooks show, small enough for a committed record.
     """
     task = config["task"]
-    model_name, lr, epochs = RECIPES[task]
+    model_name, lr, epochs = GIVEN[task]
     epochs = config.get("epochs", epochs)
     data_task = "task3" if task == "task3" else "task1"
     seed_everything(config["seed"])
@@ -366,7 +384,7 @@ def train_run(config: dict, run_dir: Path) -> dict:
 
 def training_cost(config: dict) -> float:
     """A run's relative training time (epochs x training images), so `run_all` can start the longest first."""
-    epochs = config.get("epochs", RECIPES[config["task"]][2])
+    epochs = config.get("epochs", GIVEN[config["task"]][2])
     return epochs * (10_000 if config["task"] == "task3" else 18_311)
 
 
@@ -462,7 +480,7 @@ def preprocess_digit(path) -> torch.Tensor:
 
 # ---------------------------------------------------------------- the experiments
 SEEDS = (0, 1, 2)
-TASK1_FIX = {"shuffle": True, "balance": True, "relabel": "knn", "augment": "shift"}
+TASK1_FIX = RECIPE["task1"]
 TASK1_SOLUTION = "+ shift augment (shipped)"
 TASK1_ABLATION = {  # the fixes added one at a time: each row measures one fix's effect
     "original (as given)": {},
@@ -505,12 +523,25 @@ def task3_corruption(smoke: bool = False) -> dict:
     return estimate_corruption(train.images, test.images)
 
 
-def make_configs(task: str, rows: dict, seeds=SEEDS, smoke: bool = False, **shared) -> list[dict]:
-    """One configuration per (row, seed); the smoke profile trains one epoch on 20 images per class."""
+SHIPPED_ROWS = {"task1": TASK1_SOLUTION, "task3": TASK3_SOLUTION,
+                "task4": f"{RECIPE['task4']['loss']} {RECIPE['task4']['strength']}"}
+
+
+def make_config(task: str = "task1", row: str | None = None, options: dict | None = None, seed: int = 0,
+                smoke: bool = False, **shared) -> dict:
+    """One run: `task` with the changes `options` (and `shared`), labelled `row` in the tables; without a row,
+    the task's shipped model (RECIPE). The smoke profile trains one epoch on 20 images per class."""
+    if row is None:
+        row, options = SHIPPED_ROWS[task], RECIPE[task]
     smoke_options = {"limit_per_class": 20, "epochs": 1} if smoke else {}
-    return [{"name": f"{task}-{label}-s{seed}".replace(" ", "_").replace(":", "").replace("+", "p"),
-             "task": task, "row": label, "seed": seed, **shared, **options, **smoke_options}
-            for label, options in rows.items() for seed in seeds]
+    return {"name": f"{task}-{row}-s{seed}".replace(" ", "_").replace(":", "").replace("+", "p"),
+            "task": task, "row": row, "seed": seed, **shared, **(options or {}), **smoke_options}
+
+
+def make_configs(task: str, rows: dict, seeds=SEEDS, smoke: bool = False, **shared) -> list[dict]:
+    """`make_config` for every (row, seed)."""
+    return [make_config(task, label, options, seed, smoke, **shared) for label, options in rows.items()
+            for seed in seeds]
 
 
 def challenge_configs(smoke: bool = False) -> dict[str, list[dict]]:
@@ -526,7 +557,7 @@ def run_groups(groups: dict[str, list[dict]], runs: Path, workers: int | None = 
                retrain: bool = False) -> dict[str, list[dict]]:
     """Train every group's runs in one pool of processes, longest first, and return the results per group
     (a run with a record in `records` is read from it unless `retrain`)."""
-    results = iter(run_all(train_run, [config for group in groups.values() for config in group], runs, workers,
+    results = iter(run_all(run, [config for group in groups.values() for config in group], runs, workers,
                            cost=training_cost, records=records, retrain=retrain))
     return {name: [next(results) for _ in group] for name, group in groups.items()}
 
@@ -564,6 +595,50 @@ def recommend_loss(table, max_logit_ratio: float = 0.1, max_accuracy_drop: float
     meets = others[(others["mean_abs_logit mean"] <= max_logit_ratio * ce["mean_abs_logit mean"])
                    & (others["accuracy mean"] >= ce["accuracy mean"] - max_accuracy_drop)]
     return (meets if len(meets) else others)["accuracy mean"].idxmax()
+
+
+def summarize(runs: dict[str, list[dict]], task4_runs: list[dict], recommended: str, profile: str) -> dict:
+    """results.json: `runs` are `run_groups`' results for `challenge_configs` (baseline, task1 ... task3),
+    `task4_runs` the confirmation of the `recommended` loss (chosen on validation)."""
+    def accuracy(group: str, row: str) -> tuple[float, float]:
+        return mean_std([r["test"]["accuracy"] for r in runs[group] if r["config"]["row"] == row])
+
+    given = {task: mean_std([r["test"]["accuracy"] for r in runs["baseline"] if r["config"]["task"] == task])[0]
+             for task in ("task1", "task2", "task3")}
+    task1, task3 = accuracy("task1", TASK1_SOLUTION), accuracy("task3", TASK3_SOLUTION)
+    loop_original, loop_improved = accuracy("task2", "original loop"), accuracy("task2", "improved loop")
+    shipped = next(r for r in runs["task1"] if r["config"]["row"] == TASK1_SOLUTION and r["config"]["seed"] == 0)
+    task4 = summary_table(task4_runs, keys=("accuracy", "mean_abs_logit", "loss")).droplevel("task")
+    ce, best = task4.loc["ce"], task4.loc[recommended]
+    every_run = {r["config"]["name"]: r for group in runs.values() for r in group} | {
+        r["config"]["name"]: r for r in task4_runs}
+    results = {
+        "data": "vv-test data (original files)",
+        "profile": profile,
+        "task1_baseline_accuracy": given["task1"], "task1_accuracy_mean": task1[0], "task1_accuracy_std": task1[1],
+        "task1_shipped_seed_accuracy": shipped["test"]["accuracy"],
+        "task2_baseline_accuracy": given["task2"],
+        "task2_original_loop_accuracy_mean": loop_original[0], "task2_original_loop_accuracy_std": loop_original[1],
+        "task2_improved_loop_accuracy_mean": loop_improved[0], "task2_improved_loop_accuracy_std": loop_improved[1],
+        "task3_baseline_accuracy": given["task3"], "task3_accuracy_mean": task3[0], "task3_accuracy_std": task3[1],
+        "task3_guessed_augmentation_accuracy_mean": accuracy("task3", "guessed augmentation (first version)")[0],
+        "task4_loss": recommended, "task4_selected_on": "validation",
+        "training_hours": sum(row["seconds"] for r in every_run.values() for row in r["history"]) / 3600,
+        "task4_ce_accuracy": ce["accuracy mean"], "task4_ce_mean_abs_logit": ce["mean_abs_logit mean"],
+        "task4_ce_eval_cross_entropy": ce["loss mean"],
+        "task4_accuracy": best["accuracy mean"], "task4_mean_abs_logit": best["mean_abs_logit mean"],
+        "task4_eval_cross_entropy": best["loss mean"],
+    }
+    results["headline"] = {
+        "task 1 accuracy": f"{task1[0]:.4f} ± {task1[1]:.4f} (as given {given['task1']:.4f}; shipped seed 0: "
+                           f"{shipped['test']['accuracy']:.4f})",
+        "task 3 accuracy": f"{task3[0]:.4f} ± {task3[1]:.4f} (as given {given['task3']:.4f}; guessed augmentation "
+                           f"{results['task3_guessed_augmentation_accuracy_mean']:.4f})",
+        "task 4 logits": f"{ce['mean_abs_logit mean'] / best['mean_abs_logit mean']:.1f}x smaller with {recommended} "
+                         f"(chosen on validation), accuracy {best['accuracy mean']:.4f} vs {ce['accuracy mean']:.4f}, "
+                         f"evaluation cross-entropy {best['loss mean']:.3f} vs {ce['loss mean']:.3f}",
+    }
+    return results
 
 
 def summary_table(results: list[dict], keys=("accuracy",), split: str = "test"):
@@ -657,7 +732,7 @@ def solution_checkpoints(results: dict, smoke: bool = False) -> dict[str, dict]:
     for name, (task, row, what) in SOLUTIONS.items():
         row = row or results["task4_loss"]
         run = next(c for c in configs if c["task"] == task and c["row"] == row and c["seed"] == 0)
-        model = RECIPES[task][0]
+        model = GIVEN[task][0]
         out[name] = {"task": task, "model": model, "builder": f"common.MODELS[{model!r}]()", "what": what,
                      "run": run, f"solution_over_{len(SEEDS)}_seeds": scores[task]}
     return out
