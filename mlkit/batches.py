@@ -48,7 +48,7 @@ def random_translate(x: torch.Tensor, max_shift: int, fill: str = "replicate") -
         return x
     n, _, h, w = x.shape
     padded = F.pad(x, (max_shift,) * 4, mode="constant" if fill == "zeros" else "replicate")
-    dx, dy = torch.randint(0, 2 * max_shift + 1, (2, n))
+    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n))
     rows, cols = dy[:, None] + torch.arange(h), dx[:, None] + torch.arange(w)
     # advanced indices around a slice: the result comes out as (N, H, W, C)
     return padded[torch.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)

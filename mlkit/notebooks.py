@@ -8,8 +8,9 @@ and checkpoints: the real reproduction. A notebook is executed into a temporary 
 it only when every cell ran, so an interrupted run never leaves a half-executed notebook.
 
 `--standalone` executes only the cells of a Challenge notebook that must work on a fresh clone: the
-setup cell, the parameters cell, and the cells tagged `export` (writes the predictor from the saved
-weights) and `predict` (uses it); their outputs replace those cells' outputs in place.
+setup cell, the parameters cell, and the cells tagged `approach` (prints the recipe and the training code),
+`export` (writes the predictor from the saved weights) and `predict` (uses it); their outputs replace those
+cells' outputs in place.
 """
 import argparse
 import os
@@ -53,8 +54,7 @@ def setup_cell(challenge: str) -> str:
     """The first code cell of every notebook of `challenge`."""
     return SETUP_CELL.format(repository=REPOSITORY, challenge=challenge)
 
-STANDALONE_TAGS = ("parameters", "export", "predict")
-APPROACH_TAGS = ("parameters", "approach")  # the cells that show a challenge's recipe: they read source files only
+STANDALONE_TAGS = ("parameters", "approach", "export", "predict")
 
 
 def show_source(module, *parts) -> None:

@@ -5,7 +5,7 @@ challenge's TL;DR (the block in `<challenge>/README.md` and the first cell of it
     python -m mlkit.results --check  exit 1, naming them, if any is stale
 
 A TL;DR fills the templates of the challenge's package (`QUESTION`, `ANSWER`, `BASELINE`, `COST` in
-`<challenge>/__init__.py`, e.g. "{final_ppl:.0f}") with its results.json, so every number in it is measured.
+`<challenge>/__init__.py`, e.g. "{final_ppl:.0f}") with its results.json, so every result in it is the measured one.
 """
 import argparse
 import hashlib
@@ -108,7 +108,8 @@ def card(name: str, results: dict) -> dict[str, str]:
     package = importlib.import_module(name)
     missing = [key for key in CARD if not hasattr(package, key)]
     if missing:
-        raise AttributeError(f"{name}/__init__.py must define {', '.join(missing)} (see CONTRIBUTING in README.md)")
+        raise AttributeError(f"{name}/__init__.py must define {', '.join(missing)} "
+                             "(see 'Adding a challenge' in README.md)")
     return {key: getattr(package, key).format_map(_Fields(results)) for key in CARD}
 
 

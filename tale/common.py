@@ -50,11 +50,6 @@ HERE = Path(__file__).resolve().parent
 CHECKPOINTS = HERE / "checkpoints"
 REFERENCE_FOLDER = HERE / "runs" / "blast_reference"  # BLAST databases of the predictor, built on first use
 MAX_LENGTH = 1000  # TALE's MAXLEN: longer sequences are cut to their first 1,000 residues at test time
-PROFILES = {
-    # train/val: proteins drawn from Swiss-Prot 2014 (BLAST database and training set alike)
-    "full": {"train": 40_000, "val": 500, "test": None, "crop": 256, "batch_size": 32},
-    "smoke": {"train": 400, "val": 40, "test": 60, "crop": 64, "batch_size": 16},
-}
 RECIPE = {  # the deployed network (NETWORK, one per ontology): TALE ported, with three changes that cost nothing
     "model": "tale",  # TALE's transformer over residues with label embeddings, its published size
     "regulariser": 1.0,  # BCE + TALE's hierarchy regulariser, lambda 1 (one of the released models' values)
@@ -63,6 +58,11 @@ RECIPE = {  # the deployed network (NETWORK, one per ontology): TALE ported, wit
     "crop": 256, "batch_size": 32,  # random 256-residue crops, as TALE's port (tale_port)
     "epochs": 8, "per_epoch": 1_500,  # 12,000 proteins drawn from the 40,000: the port's budget, on a 2-core CPU
 }  # the third change, hierarchy-consistent scores (`consistent`), is applied at prediction time
+PROFILES = {
+    # train/val: proteins drawn from Swiss-Prot 2014 (BLAST database and training set alike)
+    "full": {"train": 40_000, "val": 500, "test": None, "crop": RECIPE["crop"], "batch_size": RECIPE["batch_size"]},
+    "smoke": {"train": 400, "val": 40, "test": 60, "crop": 64, "batch_size": 16},
+}
 NETWORK = "tale_minor"  # RECIPE's name in MODELS (see the Challenge notebook's conclusions for why this one)
 
 

@@ -93,10 +93,11 @@ def test_progress_bars_are_stored_as_their_last_state():
     assert "outputs" not in notebook.cells[1]
 
 
-def test_standalone_cells_are_setup_parameters_export_and_predict(tmp_path):
-    path = _toy_notebook(tmp_path / "Challenge.ipynb", ["a = 1", "PROFILE = 'full'", "b = train()", "c = 3", "d = 4"],
-                         [[], ["parameters"], [], ["export"], ["predict"]])
-    assert standalone_cells(nbformat.read(path, as_version=4)) == [0, 1, 3, 4]
+def test_standalone_cells_are_setup_parameters_approach_export_and_predict(tmp_path):
+    path = _toy_notebook(tmp_path / "Challenge.ipynb",
+                         ["a = 1", "PROFILE = 'full'", "show()", "b = train()", "c = 3", "d = 4"],
+                         [[], ["parameters"], ["approach"], [], ["export"], ["predict"]])
+    assert standalone_cells(nbformat.read(path, as_version=4)) == [0, 1, 2, 4, 5]
 
 
 def test_a_failing_notebook_leaves_the_committed_one_untouched(tmp_path):

@@ -88,6 +88,17 @@ def test_shift_augmentation_moves_without_losing_ink():
     assert len({tuple(s.nonzero()[0].tolist()) for s in shifted}) > 1
 
 
+def test_shift_augmentation_draws_the_x_offset_first():
+    image = torch.zeros(16, 1, 28, 28)
+    image[:, 0, 14, 14] = 255
+    torch.manual_seed(0)
+    dx, dy = torch.randint(0, 5, (2, 16)) - 2  # the order the records' runs drew them in
+    torch.manual_seed(0)
+    shifted = common.AUGMENTATIONS["shift"](image)
+    rows, cols = (torch.stack([s[0].nonzero()[0] for s in shifted]) - 14).T
+    assert torch.equal(cols, -dx) and torch.equal(rows, -dy)
+
+
 def test_blur_augment_keeps_ink_and_lowers_sharpness():
     image = torch.zeros(3, 1, 28, 28)
     image[:, 0, 12:16, 12:16] = 255
