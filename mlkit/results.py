@@ -160,15 +160,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="fail if a generated part is stale")
     args = parser.parse_args(argv)
-    stale = [path for path, text in generated_files(ROOT).items() if path.read_text() != text]
+    stale = {path: text for path, text in generated_files(ROOT).items() if path.read_text() != text}
     if args.check:
         for path in stale:
             print(f"{path.relative_to(ROOT)} is stale: run `python -m mlkit.results`", file=sys.stderr)
         return 1 if stale else 0
-    for path, text in generated_files(ROOT).items():
-        if path in stale:
-            path.write_text(text)
-            print(f"rewrote {path.relative_to(ROOT)}")
+    for path, text in stale.items():
+        path.write_text(text)
+        print(f"rewrote {path.relative_to(ROOT)}")
     return 0
 
 
