@@ -13,12 +13,14 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 setup: $(VENV)/.installed system-packages
 
-# BLAST+ (the tale challenge's baseline and its Swiss-Prot reader) comes from Debian/Ubuntu packages.
-# Without it only tale cannot run: setup warns and goes on.
+# BLAST+ (the tale challenge's baseline, its predictor and its Swiss-Prot reader) and DIAMOND (its alignment of
+# the whole pool) come from Debian/Ubuntu packages. Without them only tale cannot run: setup warns and goes on.
+SYSTEM_PACKAGES := ncbi-blast+ diamond-aligner
 system-packages:
-	@command -v blastp >/dev/null || $(SUDO) apt-get install -y -qq ncbi-blast+ >/dev/null 2>&1 \
-		|| ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq ncbi-blast+ >/dev/null 2>&1) \
-		|| echo "WARNING: could not install ncbi-blast+ with apt-get; tale needs it, the other challenges do not"
+	@(command -v blastp && command -v diamond) >/dev/null \
+		|| $(SUDO) apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null 2>&1 \
+		|| ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null 2>&1) \
+		|| echo "WARNING: could not install $(SYSTEM_PACKAGES) with apt-get; tale needs them, the others do not"
 
 $(VENV)/.installed: requirements.txt pyproject.toml $(wildcard */__init__.py)  # a new challenge package reinstalls
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROVIDED_BY = {"tensorflow-cpu": "tensorflow"}  # Colab's build of the same library under another name
-SYSTEM_PACKAGES = {"tale": ["ncbi-blast+"]}
+SYSTEM_PACKAGES = {"tale": ["ncbi-blast+", "diamond-aligner"]}
 
 
 def missing_requirements(requirements: Path = ROOT / "requirements.txt") -> list[str]:

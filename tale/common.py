@@ -16,14 +16,15 @@ import pandas as pd
 import torch
 
 from mlkit.datasets import DATA_ROOT, MARKER, DataError
-from mlkit.experiments import cached_array, run_dir
+from mlkit.experiments import cached_array, read_record, run_dir, trained_on, write_record
 from mlkit.predictors import load_arrays, named_files, read_manifest, save_arrays, write_manifest
 from mlkit.results import load_results
-from mlkit.runtime import seed_everything
-from mlkit.train import fit, load_half, load_state, parameter_count, predict_logits, warmup_cosine
+from mlkit.runtime import device_name, seed_everything
+from mlkit.train import fit, load_half, load_state, parameter_count, predict_logits, save_half, warmup_cosine
 
 from .evaluation import (
     bootstrap_difference,
+    cafa_evaluator,
     evaluate,
     fmax_from_counts,
     information_content,
@@ -37,14 +38,15 @@ from .proteins import (
     SWISSPROT_PACKAGE,
     Ontology,
     Proteins,
+    cafa3_proteins,
     encode,
     load_ontology,
     test_proteins,
     training_proteins,
 )
 
-__all__ = ["ONTOLOGIES", "Ontology", "Proteins", "bootstrap_difference", "evaluate", "load_ontology", "test_proteins",
-           "training_proteins"]
+__all__ = ["ONTOLOGIES", "Ontology", "Proteins", "bootstrap_difference", "cafa_evaluator", "evaluate", "load_ontology",
+           "test_proteins", "training_proteins"]
 
 HERE = Path(__file__).resolve().parent
 CHECKPOINTS = HERE / "checkpoints"
@@ -60,8 +62,10 @@ RECIPE = {  # the deployed network (NETWORK, one per ontology): TALE ported, wit
 }  # the third change, hierarchy-consistent scores (`consistent`), is applied at prediction time
 PROFILES = {
     # train/val: proteins drawn from Swiss-Prot 2014 (BLAST database and training set alike)
-    "full": {"train": 40_000, "val": 500, "test": None, "crop": RECIPE["crop"], "batch_size": RECIPE["batch_size"]},
-    "smoke": {"train": 400, "val": 40, "test": 60, "crop": 64, "batch_size": 16},
+    # pool: the proteins alignment searches (None: all of the pool, about 458,000 MF and 391,000 CC proteins)
+    "full": {"train": 40_000, "val": 500, "test": None, "pool": None, "crop": RECIPE["crop"],
+             "batch_size": RECIPE["batch_size"]},
+    "smoke": {"train": 400, "val": 40, "test": 60, "pool": 5_000, "crop": 64, "batch_size": 16},
 }
 NETWORK = "tale_minor"  # RECIPE's name in MODELS (see the Challenge notebook's conclusions for why this one)
 
@@ -69,15 +73,22 @@ NETWORK = "tale_minor"  # RECIPE's name in MODELS (see the Challenge notebook's 
 # ---------------------------------------------------------------- data for one ontology
 
 def load_split(ontology: str, profile: str, seed: int = 0, root=DATA_ROOT) -> dict:
-    """{go, train, val, test}: a seeded random pool of Swiss-Prot 2014 proteins split into train/val, and
-    TALE's test proteins (all of them in the full profile)."""
+    """{go, pool, train, val, test, cafa3}: the Swiss-Prot 2014 pool (alignment searches all of it in full), a
+    seeded random sample of it split into train/val (the networks learn from these), TALE's `ours` test proteins and its
+    CAFA3 test proteins (a second, older time split) without those the networks train on (all of both in full)."""
     sizes = PROFILES[profile]
     pool = training_proteins(ontology, root)
     train, val = pool_selection(len(pool), sizes["train"], sizes["val"], seed)
+    seen = {pool.sequence(i) for i in np.concatenate([train, val])}
+    searched = pool.subset(pool_selection(len(pool), sizes["pool"], seed=seed)[0]) if sizes["pool"] else pool
+    cafa3 = cafa3_proteins(ontology, root)
+    cafa3 = cafa3.subset([i for i in range(len(cafa3)) if cafa3.sequence(i) not in seen])
     test = test_proteins(ontology, root)
     if sizes["test"]:
-        test = test.subset(np.random.default_rng(seed).permutation(len(test))[:sizes["test"]])
-    return {"go": load_ontology(ontology, root), "train": pool.subset(train), "val": pool.subset(val), "test": test}
+        pick = lambda proteins: proteins.subset(np.random.default_rng(seed).permutation(len(proteins))[:sizes["test"]])
+        test, cafa3 = pick(test), pick(cafa3)
+    return {"go": load_ontology(ontology, root), "pool": searched, "train": pool.subset(train), "val": pool.subset(val),
+            "test": test, "cafa3": cafa3}
 
 
 def pool_selection(pool_size: int, train: int, val: int = 0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -158,7 +169,7 @@ def make_blast_database(proteins: Proteins, prefix: Path) -> Path:
 def blast_hits(train: Proteins, queries: Proteins, threads: int = 2, evalue: float = 1e-3,
                database: Path | None = None) -> pd.DataFrame:
     """blastp of every query against the training proteins (or their ready-made `database`): (query, subject,
-    bitscore) rows, self-hits excluded (E-value <= `evalue`, at most 100 targets per query)."""
+    bitscore) rows (E-value <= `evalue`, at most 100 targets per query)."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         database = database or make_blast_database(train, tmp / "db")
@@ -167,11 +178,49 @@ def blast_hits(train: Proteins, queries: Proteins, threads: int = 2, evalue: flo
             ["blastp", "-query", str(tmp / "query.fa"), "-db", str(database), "-evalue", str(evalue),
              "-max_target_seqs", "100", "-num_threads", str(threads), "-outfmt", "6 qseqid sseqid bitscore"],
             check=True, capture_output=True, text=True)
-    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    return hit_table(result.stdout)
+
+
+def hit_table(tabular: str) -> pd.DataFrame:
+    """(query, subject, bitscore) rows of BLAST-style tabular output, the best HSP of each pair."""
+    rows = [line.split("\t")[:3] for line in tabular.splitlines()]
     hits = pd.DataFrame(rows, columns=["query", "subject", "bitscore"]).astype(
         {"query": int, "subject": int, "bitscore": float})
-    # several HSPs of one pair: keep the best
     return hits.groupby(["query", "subject"], as_index=False)["bitscore"].max()
+
+
+def make_diamond_database(proteins: Proteins, prefix: Path, threads: int = 2) -> Path:
+    """A DIAMOND database `prefix`.dmnd of `proteins` (sequence ids: their indices)."""
+    prefix = Path(prefix)
+    fasta = prefix.with_name(prefix.name + ".fa")
+    write_fasta(proteins, fasta)
+    subprocess.run(["diamond", "makedb", "--in", str(fasta), "--db", str(prefix), "--threads", str(threads),
+                    "--quiet"], check=True, capture_output=True)
+    fasta.unlink()
+    return prefix.with_name(prefix.name + ".dmnd")
+
+
+def diamond_hits(reference: Proteins, queries: Proteins, threads: int = 2, evalue: float = 1e-3,
+                 database: Path | None = None) -> pd.DataFrame:
+    """DIAMOND blastp (default sensitivity) of every query against `reference` (or its ready-made `database`),
+    as `blast_hits`; far faster than blastp, so it searches the whole 2014 pool."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        database = database or make_diamond_database(reference, tmp / "db", threads)
+        write_fasta(queries, tmp / "query.fa")
+        subprocess.run(["diamond", "blastp", "--db", str(database), "--query", str(tmp / "query.fa"),
+                        "--out", str(tmp / "hits.tsv"), "--evalue", str(evalue), "--max-target-seqs", "100",
+                        "--threads", str(threads), "--outfmt", "6", "qseqid", "sseqid", "bitscore", "--quiet"],
+                       check=True, capture_output=True)
+        return hit_table((tmp / "hits.tsv").read_text())
+
+
+def without_identical(hits: pd.DataFrame, reference: Proteins, queries: Proteins) -> pd.DataFrame:
+    """`hits` without those whose subject has the query's exact sequence: evaluated proteins never read their own
+    annotations (the pool holds most CAFA3 proteins, with 2014 electronic annotations, and duplicates of the
+    validation proteins)."""
+    same = [np.array_equal(queries.codes(q), reference.codes(s)) for q, s in zip(hits["query"], hits["subject"])]
+    return hits[~np.asarray(same, dtype=bool)].reset_index(drop=True)
 
 
 def blast_scores(hits: pd.DataFrame, train: Proteins, num_terms: int, proteins: int,
@@ -463,52 +512,150 @@ def trained_model(name: str, ontology: str, profile: str, split: dict, runs: Pat
     return run(config, run_dir(runs, config), split)
 
 
-def model_scores(name: str, ontology: str, profile: str, split: dict, runs: Path, part: str = "test") -> np.ndarray:
-    """Sigmoid scores of a trained model on `split[part]`, cached beside its run (trained if needed)."""
+# ---------------------------------------------------------------- committed records of runs and searches
+# `runs/` (weights, dense scores, search databases) is not committed; `records/` beside it is: what the notebooks
+# show of each trained network and each search, so that a fresh clone re-executes them without training or
+# searching. A record is reused only for the same configuration (its name holds the configuration's hash);
+# `retrain=True` or deleting it trains (or searches) again.
+
+SCORE_FLOOR = 0.01  # scores below the lowest CAFA threshold are recorded as 0: no Fmax or Smin threshold sees them
+
+
+def records_folder(runs: Path) -> Path:
+    return Path(runs).parent / "records"
+
+
+def compact_scores(scores: np.ndarray) -> dict[str, np.ndarray]:
+    """Scores [proteins, terms] as sparse rows (CSR) of the scores >= SCORE_FLOOR, float32 values kept exactly."""
+    rows, terms = np.nonzero(scores >= SCORE_FLOOR)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(scores)))])
+    return {"shape": np.asarray(scores.shape, np.int64), "indptr": indptr.astype(np.int64),
+            "terms": terms.astype(np.uint16), "values": scores[rows, terms].astype(np.float32)}
+
+
+def dense_scores(compact: dict[str, np.ndarray]) -> np.ndarray:
+    scores = np.zeros(tuple(compact["shape"]), dtype=np.float32)
+    rows = np.repeat(np.arange(len(scores)), np.diff(compact["indptr"]))
+    scores[rows, compact["terms"]] = compact["values"]
+    return scores
+
+
+def network_run(name: str, ontology: str, profile: str, split: dict, runs: Path, retrain: bool = False) -> dict:
+    """{config, history, train_seconds, parameters, provenance} of model `name`'s run: from its record, or trained
+    now (`trained_model`) and recorded."""
+    config = make_config(name, ontology, profile)
+    folder = run_dir(runs, config)
+    record = records_folder(runs) / f"{folder.name}.json"
+    if record.exists() and not retrain:
+        return read_record(record)
+    model, info = trained_model(name, ontology, profile, split, runs)
+    result = {"config": config, "history": info["history"], "train_seconds": info["train_seconds"],
+              "parameters": parameter_count(model)}
+    write_record(record, config, result, trained_on(folder))
+    return result | {"provenance": "trained now"}
+
+
+def save_network(name: str, ontology: str, profile: str, runs: Path, folder: Path) -> Path | None:
+    """Model `name`'s best weights (fp16) as `folder`/`weights_file(ontology)`; None when its run folder holds no
+    weights here (a notebook re-executed from records keeps the committed checkpoint)."""
+    config = make_config(name, ontology, profile)
+    best = run_dir(runs, config) / "best.pt"
+    if not best.exists():
+        return None
+    model = build_model(config, load_ontology(ontology))
+    model.load_state_dict(load_state(best))
+    return save_half(model, Path(folder) / weights_file(ontology))
+
+
+def model_scores(name: str, ontology: str, profile: str, split: dict, runs: Path, part: str = "test",
+                 retrain: bool = False) -> np.ndarray:
+    """Sigmoid scores of a trained model on `split[part]` (`compact_scores` precision), from its record, else
+    predicted now (trained if needed) and recorded."""
     folder = run_dir(runs, make_config(name, ontology, profile))
-    return cached_array(folder / f"scores_{part}.npy", lambda: predict(
-        trained_model(name, ontology, profile, split, runs)[0], split[part], len(split["go"])))
+    record = records_folder(runs) / f"{folder.name}-{part}.npz"
+    if not record.exists() or retrain:
+        scores = cached_array(folder / f"scores_{part}.npy", lambda: predict(
+            trained_model(name, ontology, profile, split, runs)[0], split[part], len(split["go"])))
+        save_arrays(record, **compact_scores(scores))
+    return dense_scores(load_arrays(record))
+
+
+BASELINES = {  # name: (search, the split's part it searches, naive scores where the search finds no hit)
+    "blast_top_hit": ("blast", "train", False), "blast": ("blast", "train", False),
+    "alignment": ("diamond", "pool", False), "alignment_naive": ("diamond", "pool", True),
+}
 
 
 def baseline_scores(name: str, ontology: str, split: dict, runs: Path, part: str = "test") -> np.ndarray:
-    """naive, blast (bitscore-weighted) or blast_top_hit scores on `split[part]`; BLAST hits are cached."""
-    go, train, queries = split["go"], split["train"], split[part]
+    """Scores on `split[part]` of `naive` or of a label transfer in BASELINES: blastp against the networks' training
+    proteins, or DIAMOND against the whole pool (`alignment`); bitscore-weighted (`blast_top_hit`: the best hit's
+    terms). Hits of a query with its own exact sequence are dropped (`without_identical`); hits are cached."""
+    go, queries = split["go"], split[part]
+    naive = naive_scores(split["train"], len(go), len(queries))
     if name == "naive":
-        return naive_scores(train, len(go), len(queries))
-    path = Path(runs) / f"blast-{ontology}-{len(train)}-{part}.csv"
-    if path.exists():
-        hits = pd.read_csv(path)
-    else:
-        hits = blast_hits(train, queries)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        hits.to_csv(path, index=False)
-    return blast_scores(hits, train, len(go), len(queries), top_hit=name == "blast_top_hit")
+        return naive
+    search, reference, fallback = BASELINES[name]
+    reference = split[reference]
+    hits = without_identical(search_hits(search, ontology, reference, queries, runs, part)[0], reference, queries)
+    scores = blast_scores(hits, reference, len(go), len(queries), top_hit=name == "blast_top_hit")
+    return np.where(scores.any(1, keepdims=True), scores, naive) if fallback else scores
 
 
-SUMMARIZED = ("naive", "blast", "tale_port", "tale_minor", "new_arch", "ensemble", "tale_minor_blast")
+def search_hits(search: str, ontology: str, reference: Proteins, queries: Proteins, runs: Path,
+                part: str) -> tuple[pd.DataFrame, dict]:
+    """(hits, {seconds, queries, database_seconds, hardware, date}) of `search` ("blast" or "diamond") of `queries`
+    against `reference`: from its record (`records_folder`), else searched now and recorded. DIAMOND's database is
+    built once into `runs` (`database_seconds`: its build time, None when it was already there); blastp builds its
+    40,000-protein database inside each search."""
+    stem = records_folder(runs) / f"{search}-{ontology}-{len(reference)}-{part}"
+    hits_file, timing = stem.with_suffix(".csv.gz"), stem.with_suffix(".json")
+    if not timing.exists():
+        database, database_seconds = Path(runs) / f"diamond-{ontology}-{len(reference)}.dmnd", None
+        database.parent.mkdir(parents=True, exist_ok=True)
+        if search == "diamond" and not database.exists():
+            started = time.perf_counter()
+            make_diamond_database(reference, database.with_suffix(""))
+            database_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        hits = blast_hits(reference, queries) if search == "blast" else diamond_hits(reference, queries,
+                                                                                      database=database)
+        search_seconds = time.perf_counter() - started
+        hits_file.parent.mkdir(parents=True, exist_ok=True)
+        hits.to_csv(hits_file, index=False)
+        timing.write_text(json.dumps({"seconds": search_seconds, "queries": len(queries), "threads": 2,
+                                      "database_seconds": database_seconds, "date": time.strftime("%Y-%m-%d"),
+                                      "hardware": device_name(torch.device("cpu"))}) + "\n")
+    return pd.read_csv(hits_file), json.loads(timing.read_text())
 
 
-def summarize(*, profile: str, evaluations: dict[str, dict[str, dict]], blend: dict, infos: dict) -> dict:
-    """results.json from the Challenge notebook's `evaluations` ({ontology: {model: evaluate(...)}}), the blend
-    weights chosen on validation ({(network, ontology): weight}) and the trained runs' infos (`run`)."""
+SUMMARIZED = ("naive", "blast", "alignment", "alignment_naive", "tale_port", "tale_minor", "combination")
+HEADLINE = ("combination", "alignment_naive", "tale_minor", "naive")
+
+
+def summarize(*, profile: str, evaluations: dict[str, dict[str, dict[str, dict]]], alpha: dict, infos: dict) -> dict:
+    """results.json from the Challenge notebook's `evaluations` ({part: {ontology: {model: evaluate(...)}}} of the
+    `ours` test and CAFA3 proteins), the combination weights chosen on CAFA3 ({(network, ontology): alpha}) and
+    the trained runs' infos (`run`)."""
     smoke = " [smoke subset]" if profile == "smoke" else ""
+    test, cafa3 = evaluations["test"], evaluations["cafa3"]
+    by_model = lambda by_ontology, metric: {m: {o: by_ontology[o][m][metric] for o in ONTOLOGIES} for m in SUMMARIZED}
     return {
         "dataset": "TALE 'ours' test sets (2020 time split: MF 1,916, CC 2,084 proteins); training: 40,000 random "
                    "Swiss-Prot 2014 proteins per ontology (metastudent-data, electronic annotations included), "
-                   "test accessions and sequences removed" + smoke,
-        "data": "TALE's 2020 time-split test proteins (MF 1,916, CC 2,084); trained on 40,000 Swiss-Prot 2014 "
-                "proteins per ontology (electronic annotations included)" + smoke,
+                   "test accessions and sequences removed; alignment searches all of the 2014 pool" + smoke,
+        "data": "TALE's 2020 time-split test proteins (MF 1,916, CC 2,084); networks trained on 40,000 Swiss-Prot "
+                "2014 proteins per ontology (electronic annotations included), alignment against all of them"
+                + smoke,
         "profile": profile,
-        **{metric: {m: {o: evaluations[o][m][metric] for o in ONTOLOGIES} for m in SUMMARIZED}
-           for metric in ("fmax", "aupr", "smin")},
-        "fmax_ci": {m: {o: evaluations[o][m]["fmax_ci"] for o in ONTOLOGIES} for m in SUMMARIZED},
-        "blend_weights": {f"{name}_{o}": w for (name, o), w in blend.items()},
+        **{metric: by_model(test, metric) for metric in ("fmax", "aupr", "smin", "fmax_no_root", "fmax_ci")},
+        "cafa3_fmax": by_model(cafa3, "fmax"),
+        "cafa3_proteins": {o: cafa3[o]["naive"]["proteins"] for o in ONTOLOGIES},
+        "alpha": {o: alpha["tale_minor", o] for o in ONTOLOGIES},
+        "selected_on": "CAFA3 test proteins (2016-17 annotations, a time split before `ours`)",
         "train_minutes": {f"{name}_{o}": info["train_seconds"] / 60 for (name, o), info in infos.items()},
         "published_tale": "not reproduced here: the paper's result tables were not available offline",
-        "headline": {
-            f"Fmax {o} (ensemble / blast / tale_port)": " / ".join(f"{evaluations[o][m]['fmax']:.3f}"
-                                                                  for m in ("ensemble", "blast", "tale_port"))
-            for o in ("mf", "cc")},
+        "headline": {f"Fmax {o} ({' / '.join(HEADLINE)})": " / ".join(f"{test[o][m]['fmax']:.3f}" for m in HEADLINE)
+                     for o in ONTOLOGIES},
     }
 
 
@@ -524,6 +671,19 @@ def results_table(evaluations: dict[str, dict[str, dict]]) -> pd.DataFrame:
                 low, high = result[f"{metric}_ci"]
                 row[(ontology, metric)] = f"{result[metric]:.3f} [{low:.3f}, {high:.3f}]"
     table = pd.DataFrame.from_dict(rows, orient="index")
+    table.columns = pd.MultiIndex.from_tuples(table.columns)
+    return table
+
+
+def fmax_table(evaluations: dict[str, dict[str, dict[str, dict]]], benchmarks: dict[str, str]) -> pd.DataFrame:
+    """{part: {ontology: {model: evaluate(..., roots=...)}}} -> one row per model: Fmax with the root term (TALE's
+    convention) and without it (the CAFA evaluator's), per ontology and benchmark (`benchmarks`: part -> name)."""
+    columns = {}
+    for ontology in ONTOLOGIES:
+        for part, name in benchmarks.items():
+            for key, label in (("fmax", "Fmax"), ("fmax_no_root", "Fmax, no root")):
+                columns[(ontology, name, label)] = {m: round(r[key], 3) for m, r in evaluations[part][ontology].items()}
+    table = pd.DataFrame(columns)
     table.columns = pd.MultiIndex.from_tuples(table.columns)
     return table
 
@@ -546,7 +706,10 @@ def plot_precision_recall(ax, y_true: np.ndarray, scores: dict[str, np.ndarray])
 
 TOP_K = 5
 BLAST_RECIPE = {"program": "blastp", "evalue": 1e-3, "max_target_seqs": 100,
-                "scores": "bitscore-weighted share of the hits annotated with each term (common.blast_scores)"}
+                "scores": "bitscore-weighted share of the hits annotated with each term (common.blast_scores)",
+                "why_blastp": "the notebooks search thousands of proteins with DIAMOND (common.diamond_hits), which "
+                              "scans the whole pool in about 30 s however few the queries; blastp answers a few "
+                              "sequences in seconds, with the same E-value and hit limit"}
 
 
 def weights_file(ontology: str) -> str:
@@ -568,59 +731,35 @@ def accessions_digest(accessions) -> str:
 
 
 def reference_recipe(ontology: str, profile: str, seed: int = 0, root=DATA_ROOT) -> dict:
-    """Which proteins BLAST searches: the training proteins of `load_split`, as counts, seed and a digest of their
-    accessions (reads the prepared training pool)."""
+    """Which proteins the predictor's alignment searches: those `load_split` aligns against (the whole pool in the
+    full profile), as counts, seed and a digest of their accessions (reads the prepared training pool)."""
     pool = training_proteins(ontology, root)
-    train, _ = pool_selection(len(pool), PROFILES[profile]["train"], seed=seed)
+    count = PROFILES[profile]["pool"] or len(pool)
+    chosen, _ = pool_selection(len(pool), count, seed=seed)
     return {"source": swissprot_source(root),
             "pool": f"proteins.training_proteins({ontology!r}): the proteins annotated in the ontology, mapped into "
                     "TALE's label space, TALE's test accessions and sequences removed",
-            "pool_size": len(pool), "seed": seed, "count": len(train),
+            "pool_size": len(pool), "seed": seed, "count": count,
             "selection": "common.pool_selection(pool_size, count, seed=seed): the first `count` proteins of "
-                         "numpy.random.default_rng(seed).permutation(pool_size), in pool order (the training "
-                         "proteins of common.load_split)",
-            "accessions_sha256": accessions_digest(pool.accessions[train])}
+                         "numpy.random.default_rng(seed).permutation(pool_size), in pool order (all of them when "
+                         "count = pool_size)",
+            "accessions_sha256": accessions_digest(pool.accessions[chosen])}
 
 
-def exported_blend(ontology: str, go: Ontology, config: dict, profile: str, results: dict, runs: Path,
-                   weights: Path, model: torch.nn.Module | None = None) -> dict:
-    """The blend weight of the deployed network for `ontology` and where it comes from. Recomputed by
-    `blend_weight` on the validation proteins when their scores are cached in `runs`: the notebook's, or those of
-    the saved network (`weights`) that an export with its `model` computed (minutes of CPU) and cached; else the
-    notebook's choice as results.json holds it."""
-    key = f"{NETWORK}_{ontology}"
-    noted = results.get("blend_weights", {}).get(key)
-    notebook_cache = run_dir(runs, config) / "scores_val.npy"
-    saved_cache = Path(runs) / "blend_validation" / f"{weights.stem}-{file_digest(weights)[:12]}.npy"
-    blast_cache = Path(runs) / f"blast-{ontology}-{PROFILES[profile]['train']}-val.csv"
-    if notebook_cache.is_file() and blast_cache.is_file():
-        cache, source = notebook_cache, "the notebook's cached scores"
-    elif model is not None or (saved_cache.is_file() and blast_cache.is_file()):
-        cache, source = saved_cache, f"the saved network's scores (cached in runs/{saved_cache.parent.name}/)"
-    else:
-        return {"weight": noted, "source": f"results.json blend_weights[{key!r}]: chosen by the notebook "
-                                           "(common.blend_weight) on the validation proteins; their scores were "
-                                           "not cached here at export"}
-    split = load_split(ontology, profile)
-    network = cached_array(cache, lambda: predict(model, split["val"], len(go)))
-    blast = baseline_scores("blast", ontology, split, runs, part="val")  # cached hits, else BLAST now
-    weight, fmaxes = blend_weight(split["val"].label_matrix(len(go)), consistent(network, go), blast)
-    return {"weight": weight, "validation_fmax": dict(zip(BLEND_WEIGHTS.tolist(), np.round(fmaxes, 4).tolist())),
-            "results_json": noted, "source": f"recomputed at export by common.blend_weight from {source} on the "
-                                             f"{len(split['val'])} validation proteins and their BLAST hits"}
+def exported_alpha(ontology: str, results: dict) -> dict:
+    """The deployed network's weight in the combination for `ontology` (results.json `alpha`) and its origin."""
+    alpha = results.get("alpha", {}).get(ontology)
+    if alpha is None:
+        raise ValueError(f"results.json has no alpha for {ontology}: run the Challenge notebook's results cell first")
+    return {"weight": alpha, "source": "results.json alpha: chosen by the Challenge notebook (common.blend_weight) "
+                                       "by Fmax on the CAFA3 proteins, with DIAMOND's alignment scores"}
 
 
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def export_predictor(folder=CHECKPOINTS, smoke: bool = False, runs=None, recompute_blend: bool = False) -> Path:
+def export_predictor(folder=CHECKPOINTS, smoke: bool = False) -> Path:
     """`folder/predictor.json` and each ontology's label space (`terms_file`) for the networks the notebook saved
-    there (`weights_file`), from the prepared data and the results.json beside `folder`; the blend weights as
-    `exported_blend` finds them (`recompute_blend`: from the saved networks' validation scores, minutes of CPU)."""
+    there (`weights_file`), from the prepared data and the results.json beside `folder` (the weights `alpha`)."""
     folder = Path(folder)
     profile = "smoke" if smoke else "full"
-    runs = Path(runs or folder.parent / "runs")
     results = load_results(folder.parent) if (folder.parent / "results.json").is_file() else {}
     ontologies = {}
     for ontology in ONTOLOGIES:
@@ -639,11 +778,10 @@ def export_predictor(folder=CHECKPOINTS, smoke: bool = False, runs=None, recompu
             "terms": {"file": terms_file(ontology), "count": len(go), "roots": [go.ids[r] for r in go.roots],
                       "arrays": "ids and names (GO ids and term names in label order), parents_* and ancestors_* "
                                 "(CSR: term i's are index[offsets[i]:offsets[i + 1]]; ancestors include the term)"},
-            "blend": exported_blend(ontology, go, config, profile, results, runs, weights,
-                                    model if recompute_blend else None),
+            "blend": exported_alpha(ontology, results),
             "reference": reference_recipe(ontology, profile),
             "test": {key: results.get(metric, {}).get(name, {}).get(ontology) for key, metric, name in (
-                ("fmax", "fmax", NETWORK), ("fmax_with_blast", "fmax", f"{NETWORK}_blast"),
+                ("fmax", "fmax", NETWORK), ("fmax_combination", "fmax", "combination"),
                 ("aupr", "aupr", NETWORK), ("smin", "smin", NETWORK))}}
     return write_manifest(
         folder, challenge="tale", task="protein function: GO terms of protein sequences, per ontology",
@@ -659,16 +797,17 @@ def export_predictor(folder=CHECKPOINTS, smoke: bool = False, runs=None, recompu
                                                            "(as in evaluation); BLAST the whole sequence"},
         scoring={"consistency": "common.consistent: each term scores at least as high as its descendants (max over "
                                 "the ontology, deepest terms first), before the blend",
-                 "blend": "common.ensemble: weight * network + (1 - weight) * BLAST where BLAST finds a hit, the "
-                          "network alone elsewhere (weights per ontology under ontologies.<name>.blend)",
+                 "blend": "common.ensemble: weight * network + (1 - weight) * alignment where the search finds a "
+                          "hit, the network alone elsewhere (weights per ontology under ontologies.<name>.blend)",
                  "blast": BLAST_RECIPE | {"database": "built on first use into tale/runs/blast_reference/ from the "
-                                                      "prepared data (ontologies.<name>.reference); without blastp "
-                                                      "or the data the network scores alone, and says so"},
+                                                      "prepared data (ontologies.<name>.reference: the whole pool); "
+                                                      "without blastp or the data the network scores alone, and "
+                                                      "says so"},
                  "top_k": TOP_K, "top_terms": "the best-scoring terms below the ontology's root (every protein "
                                               "has the root)"},
         source={"data": results.get("data"), "profile": results.get("profile", profile),
                 "train_minutes": {o: results.get("train_minutes", {}).get(f"{NETWORK}_{o}") for o in ONTOLOGIES},
-                "results": "results.json (fmax, aupr, smin, blend_weights)"},
+                "results": "results.json (fmax, aupr, smin, alpha)"},
         smoke=smoke)
 
 
@@ -698,7 +837,7 @@ def blast_reference(ontology: str, recipe: dict, folder=REFERENCE_FOLDER, root=D
                 "accessions_sha256"]:
             raise DataError(f"the prepared {ontology} training pool ({len(pool):,} proteins) does not give the "
                             "predictor's reference proteins (their digest differs)")
-        reference = pool.subset(train)
+        reference = pool if recipe["count"] == len(pool) else pool.subset(train)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
         tmp.chmod(0o755)
@@ -719,8 +858,8 @@ def blast_reference(ontology: str, recipe: dict, folder=REFERENCE_FOLDER, root=D
 
 
 class TalePredictor:
-    """The saved `tale_minor` network of each ontology, hierarchy-consistent scores, blended with BLAST against its
-    training proteins where the data and blastp are there: `predict(inputs)` gives one row per record and ontology."""
+    """The saved `tale_minor` network of each ontology, hierarchy-consistent scores, combined with BLAST against the
+    whole 2014 pool where the data and blastp are there: `predict(inputs)` gives one row per record and ontology."""
 
     def __init__(self, manifest: dict, models: dict, ontologies: dict, blast: bool = True,
                  reference_folder=REFERENCE_FOLDER, data_root=DATA_ROOT):

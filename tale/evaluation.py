@@ -4,7 +4,13 @@ micro AUPR), their bootstrap confidence intervals and the information content of
 Every metric takes `y_true` [proteins, terms] (bool or 0/1, propagated to ancestors) and `scores` [proteins, terms]
 in [0, 1]; proteins with no true term are dropped first. Counts are taken once, per protein, so that a bootstrap
 resample of proteins only re-weights them."""
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+
 import numpy as np
+from cafaeval.evaluation import cafa_eval
 
 THRESHOLDS = np.round(np.arange(0.01, 1.001, 0.01), 2)  # a term is predicted at threshold t when its score >= t
 CHUNK = 2**20  # matrix entries per chunk of proteins: bounds the temporaries at a few MB whatever the number of terms
@@ -147,8 +153,15 @@ def _ci(values) -> list[float]:
     return [float(v) for v in np.percentile(values, [2.5, 97.5])]
 
 
-def evaluate(y_true, scores, ic, bootstrap=1000, seed=0) -> dict:
-    """Fmax, micro AUPR and Smin with their thresholds and 95% bootstrap intervals over resampled proteins."""
+def evaluate(y_true, scores, ic, bootstrap=1000, seed=0, roots=None) -> dict:
+    """Fmax, micro AUPR and Smin with their thresholds and 95% bootstrap intervals over resampled proteins; with
+    `roots` (term indices) also `fmax_no_root`, Fmax over the other terms (the convention of the CAFA evaluator,
+    where the root, on every protein, is not counted)."""
+    extra = {}
+    if roots is not None:
+        others = np.setdiff1d(np.arange(np.shape(y_true)[1]), roots)
+        extra["fmax_no_root"] = fmax_from_counts(threshold_counts(np.asarray(y_true)[:, others],
+                                                                  np.asarray(scores)[:, others]))[0]
     counts, levels = threshold_counts(y_true, scores, ic=ic), score_levels(y_true, scores)
     n = len(counts["true"])
     fmax, fmax_threshold = fmax_from_counts(counts)
@@ -159,7 +172,7 @@ def evaluate(y_true, scores, ic, bootstrap=1000, seed=0) -> dict:
     smins = [smin_from_counts(counts, i)[0] for i in resamples]
     return {"fmax": fmax, "fmax_ci": _ci(fmaxes), "fmax_threshold": fmax_threshold,
             "aupr": micro_aupr_from_levels(levels), "aupr_ci": _ci(auprs),
-            "smin": smin, "smin_ci": _ci(smins), "smin_threshold": smin_threshold, "proteins": n}
+            "smin": smin, "smin_ci": _ci(smins), "smin_threshold": smin_threshold, "proteins": n} | extra
 
 
 def bootstrap_difference(y_true, scores_a, scores_b, ic=None, bootstrap=1000, seed=0) -> dict:
@@ -175,3 +188,44 @@ def bootstrap_difference(y_true, scores_a, scores_b, ic=None, bootstrap=1000, se
         out |= {"smin_difference": float(diff(smin_from_counts)), "smin_ci": _ci(smin),
                 "smin_p_a_not_better": float(np.mean(smin >= 0))}
     return out
+
+
+# ---------------------------------------------------------------- the field's own evaluator
+
+NAMESPACES = {"mf": "molecular_function", "cc": "cellular_component", "bp": "biological_process"}
+
+
+def cafa_evaluator(y_true, scores, go, ic=None, roots: bool = True) -> dict:
+    """Fmax (and, with `ic`, Smin) of `scores` by the CAFA evaluator (PyPI `cafaeval`, Piovesan et al. 2024) on the
+    same proteins and ontology (`go`, written out as OBO with its parent lists as is_a), to check ours against it.
+    `roots=False` is its `-no_orphans`: the root terms are not evaluated. Its thresholds are 0.01..0.99 (ours end at
+    1.00); scores below 0.01 are left out of the prediction file (no threshold sees them)."""
+    y_true, scores = _validate(y_true, scores)
+    namespace = NAMESPACES.get(go.name, go.name)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        with open(tmp / "go.obo", "w") as f:
+            for term, (term_id, name) in enumerate(zip(go.ids, go.names)):
+                f.write(f"[Term]\nid: {term_id}\nname: {name}\nnamespace: {namespace}\n")
+                f.writelines(f"is_a: {go.ids[parent]}\n" for parent in go.parents[term])
+                f.write("\n")
+        rows, terms = np.nonzero(y_true)
+        (tmp / "truth.tsv").write_text("".join(f"P{r}\t{go.ids[t]}\n" for r, t in zip(rows, terms)))
+        (tmp / "predictions").mkdir()
+        rows, terms = np.nonzero(scores >= THRESHOLDS[0])
+        (tmp / "predictions" / "model.tsv").write_text(
+            "".join(f"P{r}\t{go.ids[t]}\t{scores[r, t]:.6f}\n" for r, t in zip(rows, terms)))
+        ia = None
+        if ic is not None:
+            ia = tmp / "ia.tsv"
+            ia.write_text("".join(f"{term_id}\t{value:.10f}\n" for term_id, value in zip(go.ids, ic)))
+        logging.getLogger().setLevel(logging.WARNING)  # the evaluator logs every file at INFO
+        with warnings.catch_warnings():  # its pandas calls are deprecated in pandas 3, not wrong
+            warnings.simplefilter("ignore")
+            table, best = cafa_eval(str(tmp / "go.obo"), str(tmp / "predictions"), str(tmp / "truth.tsv"),
+                                    ia=None if ia is None else str(ia), no_orphans=not roots, n_cpu=1)
+    result = {"fmax": float(best["f"]["f"].iloc[0]), "fmax_threshold": float(best["f"].index[0][-1])}
+    if ic is not None:  # `s_w`: Smin weighted by information content (CAFA's; `s` counts terms)
+        by_threshold = table["s_w"].droplevel(["filename", "ns"])
+        result |= {"smin": float(by_threshold.min()), "smin_threshold": float(by_threshold.idxmin())}
+    return result

@@ -139,6 +139,16 @@ def load_test_set(ontology: str, root=DATA_ROOT) -> list[dict]:
     return _converted(f"test_{ontology}", convert, root)
 
 
+def load_cafa3_set(ontology: str, root=DATA_ROOT) -> list[dict]:
+    """TALE's CAFA3 test proteins (annotated 2016-2017, after the 2014 pool and before `ours`): {sequence, terms
+    (the GO ids TALE lists, unpropagated)}. They carry no accession."""
+    def convert():
+        return [{"sequence": p["seq"], "terms": sorted(set(p["GO"]))}
+                for p in read_pickle(tale_folder(root).parent / "CAFA3" / f"test_seq_{ontology}")]
+
+    return _converted(f"cafa3_{ontology}", convert, root)
+
+
 def test_identities(root=DATA_ROOT) -> dict[str, list[str]]:
     """Accessions and sequences of TALE's `ours` test proteins (all three ontologies): kept out of training."""
     def convert():
@@ -275,6 +285,27 @@ def test_proteins(ontology: str, root=DATA_ROOT) -> Proteins:
                                [p["labels"] for p in proteins])
 
 
+def cafa3_proteins(ontology: str, root=DATA_ROOT) -> Proteins:
+    """TALE's CAFA3 test proteins in `ours`' label space (mapped as `training_proteins` maps the 2014 annotations),
+    without those whose sequence is one of `ours`' test proteins, and without those left with no known term."""
+    go, closure = load_ontology(ontology, root), go_2014_ancestors(root)
+    ours = set(test_identities(root)["sequences"])
+    accessions, codes, labels = [], [], []
+    for i, protein in enumerate(load_cafa3_set(ontology, root)):
+        known = known_terms(protein["terms"], go, closure)
+        if known and protein["sequence"] not in ours:
+            accessions.append(f"cafa3-{ontology}-{i}")
+            codes.append(encode(protein["sequence"]))
+            labels.append(go.propagate(known))
+    return Proteins.from_lists(accessions, codes, labels)
+
+
+def known_terms(terms, go: Ontology, closure: dict[str, set[str]]) -> list[int]:
+    """Indices of the terms of `go` among `terms` and their 2014 is_a ancestors (terms `go` does not know: dropped)."""
+    expanded = {a for t in terms for a in {t} | closure.get(t, set())}
+    return [go.index[t] for t in expanded if t in go.index]
+
+
 def training_proteins(ontology: str, root=DATA_ROOT) -> Proteins:
     """Swiss-Prot 2014 proteins annotated in `ontology`, mapped into TALE's label space.
 
@@ -294,8 +325,7 @@ def training_proteins(ontology: str, root=DATA_ROOT) -> Proteins:
             accession, terms, sequence = line.rstrip("\n").split("\t")
             if accession in test_accessions or sequence in test_sequences:
                 continue
-            expanded = {a for t in terms.split(",") for a in {t} | closure.get(t, set())}
-            known = [go.index[t] for t in expanded if t in go.index]
+            known = known_terms(terms.split(","), go, closure)
             if known:
                 accessions.append(accession)
                 codes.append(encode(sequence))

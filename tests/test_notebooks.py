@@ -73,6 +73,24 @@ def test_first_cell_is_the_shared_setup_cell(notebook):
     assert first.source == setup_cell(notebook.parent.name)
 
 
+SKELETON = ("Question", "Approach", "Results", "Error analysis", "Conclusions", "Predict")
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=_id)
+def test_notebook_follows_the_skeleton(notebook):
+    """TL;DR first; then the level-2 headings of SKELETON in its order (Question, Approach and Results in every
+    notebook; Predict where the notebook predicts); no other level-2 heading."""
+    cells = nbformat.read(notebook, as_version=4).cells
+    assert "tldr" in cells[0].metadata.get("tags", [])
+    headings = [line[3:].strip() for c in cells if c.cell_type == "markdown" for line in c.source.splitlines()
+                if line.startswith("## ")]
+    assert set(headings) <= set(SKELETON), f"headings outside the skeleton: {set(headings) - set(SKELETON)}"
+    assert headings == sorted(headings, key=SKELETON.index) and len(headings) == len(set(headings))
+    assert headings[:3] == ["Question", "Approach", "Results"]
+    if any("predict" in c.metadata.get("tags", []) for c in cells):
+        assert headings[-1] == "Predict"
+
+
 def _toy_notebook(path: Path, sources: list[str], tags: list[list[str]]) -> Path:
     cells = [nbformat.v4.new_code_cell(source, metadata={"tags": t}) for source, t in zip(sources, tags)]
     kernel = {"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}}

@@ -502,6 +502,113 @@ def test_blast_reference_is_built_once_and_found_by_blast(tmp_path, monkeypatch)
         common.blast_reference("cc", recipe | {"accessions_sha256": "0" * 64}, tmp_path)
 
 
+needs_diamond = pytest.mark.skipif(not shutil.which("diamond"), reason="needs DIAMOND (diamond-aligner)")
+
+
+@needs_diamond
+def test_diamond_finds_a_protein_in_its_database_and_hits_parse_like_blast(tmp_path):
+    pool = toy_pool()
+    database = common.make_diamond_database(pool, tmp_path / "pool")
+    assert database.name == "pool.dmnd" and database.is_file()
+    queries = pool.subset([2, 4])
+    hits = common.diamond_hits(pool, queries, database=database)
+    assert list(hits.columns) == ["query", "subject", "bitscore"]
+    best = hits.loc[hits.groupby("query")["bitscore"].idxmax()]
+    assert best["subject"].tolist() == [2, 4]  # each query's best hit is itself
+    assert common.without_identical(hits, pool, queries).empty  # random sequences: no other homologue
+
+
+def test_hit_table_keeps_the_best_hsp_of_each_pair():
+    hits = common.hit_table("0\t3\t50.1\n0\t3\t71.0\n1\t2\t30.5\textra\n")
+    assert hits.to_dict("records") == [{"query": 0, "subject": 3, "bitscore": 71.0},
+                                       {"query": 1, "subject": 2, "bitscore": 30.5}]
+
+
+def test_without_identical_drops_only_hits_on_the_query_s_own_sequence():
+    reference = toy_proteins()
+    queries = common.Proteins.from_lists(["Q1", "Q2"], [common.encode("ACDEFG"), common.encode("MKVL")], [[], []])
+    hits = pd.DataFrame({"query": [0, 0, 1], "subject": [1, 0, 0], "bitscore": [9.0, 5.0, 7.0]})
+    assert common.without_identical(hits, reference, queries).to_dict("list") == {
+        "query": [0, 1], "subject": [0, 0], "bitscore": [5.0, 7.0]}
+
+
+def test_known_terms_expand_to_2014_ancestors_and_drop_unknown_terms():
+    go = toy_ontology()
+    closure = {"GO:0000002": {"GO:0000001", "GO:0000000"}, "GO:9999999": {"GO:0000003"}}
+    assert sorted(proteins.known_terms(["GO:0000002"], go, closure)) == [0, 1, 2]
+    assert proteins.known_terms(["GO:9999999"], go, closure) == [3]  # an obsolete term still gives its ancestor
+    assert proteins.known_terms(["GO:8888888"], go, closure) == []
+
+
+def test_evaluate_reports_fmax_without_the_root():
+    y_true = np.array([[1, 1, 0, 0], [1, 0, 0, 1], [1, 1, 1, 0]], dtype=bool)
+    scores = np.array([[1.0, 0.8, 0.1, 0.3], [1.0, 0.2, 0.0, 0.6], [1.0, 0.9, 0.4, 0.5]])
+    result = common.evaluate(y_true, scores, np.ones(4), bootstrap=5, roots=[0])
+    assert result["fmax_no_root"] == pytest.approx(common.fmax(y_true[:, 1:], scores[:, 1:]))
+    assert result["fmax_no_root"] < result["fmax"]  # the root, right on every protein, lifts Fmax
+    assert "fmax_no_root" not in common.evaluate(y_true, scores, np.ones(4), bootstrap=5)
+
+
+def test_fmax_table_has_both_conventions_per_ontology_and_benchmark():
+    result = {"fmax": 0.5, "fmax_no_root": 0.4}
+    evaluations = {part: {o: {"naive": result, "alignment": result} for o in common.ONTOLOGIES}
+                   for part in ("test", "cafa3")}
+    table = common.fmax_table(evaluations, {"test": "ours", "cafa3": "CAFA3"})
+    assert table.index.tolist() == ["naive", "alignment"]
+    assert table.columns.tolist()[:4] == [("mf", "ours", "Fmax"), ("mf", "ours", "Fmax, no root"),
+                                          ("mf", "CAFA3", "Fmax"), ("mf", "CAFA3", "Fmax, no root")]
+
+
+def test_compact_scores_keep_every_score_a_threshold_can_see():
+    scores = np.array([[0.0, 0.009, 0.01, 0.5], [0.99, 0.0, 0.2, 0.0101]], dtype=np.float32)
+    compact = common.compact_scores(scores)
+    assert compact["terms"].dtype == np.uint16 and len(compact["values"]) == 5
+    expected = np.where(scores >= common.SCORE_FLOOR, scores, 0)
+    np.testing.assert_array_equal(common.dense_scores(compact), expected)
+    y_true = np.array([[1, 1, 0, 1], [1, 0, 1, 0]], dtype=bool)
+    assert common.fmax(y_true, common.dense_scores(compact)) == common.fmax(y_true, scores)
+
+
+def test_model_scores_are_recorded_and_read_back_without_the_run(tmp_path, monkeypatch):
+    runs, split = tmp_path / "runs", {"go": toy_ontology(), "test": random_proteins(3, seed=1)}
+    predicted = np.array([[0.5, 0.2, 0.001, 0.3]] * 3, dtype=np.float32)
+    monkeypatch.setattr(common, "trained_model", lambda *args: (None, {}))
+    monkeypatch.setattr(common, "predict", lambda model, proteins, num_terms: predicted)
+    first = common.model_scores("tale_port", "mf", "smoke", split, runs)
+    assert (tmp_path / "records").is_dir() and len(list((tmp_path / "records").glob("*-test.npz"))) == 1
+    shutil.rmtree(runs)  # a fresh clone: records, no runs
+    monkeypatch.setattr(common, "predict", lambda *args: pytest.fail("recomputed although recorded"))
+    np.testing.assert_array_equal(common.model_scores("tale_port", "mf", "smoke", split, runs), first)
+
+
+def test_network_run_is_recorded_once_and_retrained_on_request(tmp_path, monkeypatch):
+    calls = []
+
+    def trained(name, ontology, profile, split, runs):
+        calls.append(name)
+        return tiny_tale(go=toy_ontology()), {"history": [{"epoch": 0, "val_loss": 1.0}], "train_seconds": 6.0}
+
+    monkeypatch.setattr(common, "trained_model", trained)
+    runs = tmp_path / "runs"
+    info = common.network_run("tale_port", "mf", "smoke", {}, runs)
+    again = common.network_run("tale_port", "mf", "smoke", {}, runs)
+    assert calls == ["tale_port"] and info["provenance"] == "trained now" and again["provenance"].startswith("record")
+    assert again["parameters"] == info["parameters"] > 0 and again["history"] == info["history"]
+    common.network_run("tale_port", "mf", "smoke", {}, runs, retrain=True)
+    assert calls == ["tale_port"] * 2
+
+
+def test_search_hits_are_recorded_with_their_timing(tmp_path, monkeypatch):
+    found = pd.DataFrame({"query": [0], "subject": [1], "bitscore": [42.0]})
+    monkeypatch.setattr(common, "blast_hits", lambda reference, queries: found)
+    hits, done = common.search_hits("blast", "mf", toy_proteins(), toy_proteins(), tmp_path / "runs", "test")
+    assert hits.equals(found) and done["queries"] == 3 and done["database_seconds"] is None
+    assert "CPU" in done["hardware"]
+    monkeypatch.setattr(common, "blast_hits", lambda *args: pytest.fail("searched again although recorded"))
+    again, _ = common.search_hits("blast", "mf", toy_proteins(), toy_proteins(), tmp_path / "runs", "test")
+    assert again.equals(found) and (tmp_path / "records" / "blast-mf-3-test.csv.gz").is_file()
+
+
 @pytest.fixture(scope="module")
 def predictor():
     return common.load_predictor(blast=False)  # tale/checkpoints: the networks alone, no data needed
@@ -625,21 +732,27 @@ def test_prior_bias_starts_the_outputs_at_the_training_frequencies(tmp_path, mon
 
 
 
-def test_blend_weight_comes_from_results_json_when_no_validation_scores_are_cached(tmp_path):
-    config = common.make_config(common.NETWORK, "mf", "full")
-    weights = common.CHECKPOINTS / common.weights_file("mf")
-    blend = common.exported_blend("mf", toy_ontology(), config, "full", {"blend_weights": {"tale_minor_mf": 0.3}},
-                                  tmp_path, weights)
-    assert blend["weight"] == 0.3 and "results.json" in blend["source"]
+def test_the_exported_blend_weight_is_the_alpha_results_json_holds():
+    blend = common.exported_alpha("mf", {"alpha": {"mf": 0.3, "cc": 0.1}})
+    assert blend["weight"] == 0.3 and "CAFA3" in blend["source"]
+    with pytest.raises(ValueError, match="no alpha for cc"):
+        common.exported_alpha("cc", {"alpha": {"mf": 0.3}})
 
 
 def test_summarize_tables_every_model_per_ontology():
-    evaluations = {o: {m: {"fmax": i / 10 + (o == "cc") / 100, "aupr": 0.3, "smin": 9.0, "fmax_ci": [0.1, 0.2]}
-                       for i, m in enumerate(common.SUMMARIZED)} for o in common.ONTOLOGIES}
-    results = common.summarize(profile="smoke", evaluations=evaluations, blend={("tale_minor", "mf"): 0.6},
-                               infos={("tale_minor", "mf"): {"train_seconds": 600.0}})
+    def evaluations(offset):
+        return {o: {m: {"fmax": i / 10 + (o == "cc") / 100 + offset, "fmax_no_root": i / 10, "aupr": 0.3, "smin": 9.0,
+                        "fmax_ci": [0.1, 0.2], "proteins": 7} for i, m in enumerate(common.SUMMARIZED)}
+                for o in common.ONTOLOGIES}
+    alpha = {("tale_minor", o): 0.6 for o in common.ONTOLOGIES}
+    results = common.summarize(profile="smoke", evaluations={"test": evaluations(0), "cafa3": evaluations(0.001)},
+                               alpha=alpha, infos={("tale_minor", "mf"): {"train_seconds": 600.0}})
     assert results["fmax"]["blast"] == {"mf": 0.1, "cc": 0.11} and results["fmax_ci"]["naive"]["cc"] == [0.1, 0.2]
-    assert results["blend_weights"] == {"tale_minor_mf": 0.6} and results["train_minutes"] == {"tale_minor_mf": 10.0}
-    assert results["headline"] == {"Fmax mf (ensemble / blast / tale_port)": "0.500 / 0.100 / 0.200",
-                                   "Fmax cc (ensemble / blast / tale_port)": "0.510 / 0.110 / 0.210"}
+    assert results["cafa3_fmax"]["blast"] == {"mf": 0.101, "cc": 0.111}
+    assert results["fmax_no_root"]["blast"]["cc"] == 0.1
+    assert results["alpha"] == {"mf": 0.6, "cc": 0.6}
+    assert results["train_minutes"] == {"tale_minor_mf": 10.0} and results["cafa3_proteins"] == {"mf": 7, "cc": 7}
+    assert results["headline"] == {
+        "Fmax mf (combination / alignment_naive / tale_minor / naive)": "0.600 / 0.300 / 0.500 / 0.000",
+        "Fmax cc (combination / alignment_naive / tale_minor / naive)": "0.610 / 0.310 / 0.510 / 0.010"}
     assert results["data"].endswith("[smoke subset]")

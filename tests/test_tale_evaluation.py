@@ -138,3 +138,24 @@ def test_bad_inputs_raise_clear_errors():
         ev.score_levels(y_true, scores * 2)
     with pytest.raises(ValueError, match="one value per term"):
         ev.threshold_counts(y_true, scores, ic=ic[:-1])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fmax_and_smin_agree_with_the_cafa_evaluator(seed):
+    from tale import common, proteins
+
+    go = proteins.Ontology(name="mf", ids=[f"GO:000000{i}" for i in range(6)], names=list("rabcde"),
+                           parents=[[], [0], [1], [0], [3], [1, 3]],
+                           ancestors=[[0], [0, 1], [0, 1, 2], [0, 3], [0, 3, 4], [0, 1, 3, 5]])
+    rng = np.random.default_rng(seed)
+    y_true = np.zeros((40, 6), dtype=bool)
+    for row, leaf in zip(y_true, rng.integers(1, 6, 40)):
+        row[go.ancestors[leaf]] = True
+    scores = common.consistent(np.round(rng.random((40, 6)) * 0.98, 2) + 0.005, go)  # the evaluator stops at 0.99
+    scores[:, 0] = 1.0
+    ic = np.array([0.0, 0.4, 1.3, 0.6, 1.1, 2.0])
+    ours = ev.evaluate(y_true, scores, ic, bootstrap=2, roots=[0])
+    theirs = ev.cafa_evaluator(y_true, scores, go, ic)
+    theirs_no_root = ev.cafa_evaluator(y_true, scores, go, roots=False)
+    assert theirs["fmax"] == pytest.approx(ours["fmax"]) and theirs["smin"] == pytest.approx(ours["smin"])
+    assert theirs_no_root["fmax"] == pytest.approx(ours["fmax_no_root"])
