@@ -155,15 +155,23 @@ def write_fasta(proteins: Proteins, path: Path) -> None:
             f.write(f">{i}\n{proteins.sequence(i)}\n")
 
 
-def make_blast_database(proteins: Proteins, prefix: Path) -> Path:
-    """A BLAST protein database of `proteins` at `prefix` (sequence ids: their indices)."""
+def build_database(proteins: Proteins, prefix: Path, command: list[str]) -> None:
+    """Run a database builder `command` (its "{fasta}" argument: `proteins` written to `prefix`.fa) in `prefix`'s
+    folder; the FASTA file is removed afterwards."""
     prefix = Path(prefix)
     fasta = prefix.with_name(prefix.name + ".fa")
     write_fasta(proteins, fasta)
-    subprocess.run(["makeblastdb", "-in", fasta.name, "-dbtype", "prot", "-out", prefix.name], cwd=prefix.parent,
-                   check=True, capture_output=True)
-    fasta.unlink()
-    return prefix
+    try:
+        subprocess.run([part.format(fasta=fasta.name) for part in command], cwd=prefix.parent, check=True,
+                       capture_output=True)
+    finally:
+        fasta.unlink()
+
+
+def make_blast_database(proteins: Proteins, prefix: Path) -> Path:
+    """A BLAST protein database of `proteins` at `prefix` (sequence ids: their indices)."""
+    build_database(proteins, prefix, ["makeblastdb", "-in", "{fasta}", "-dbtype", "prot", "-out", Path(prefix).name])
+    return Path(prefix)
 
 
 def blast_hits(train: Proteins, queries: Proteins, threads: int = 2, evalue: float = 1e-3,
@@ -192,11 +200,8 @@ def hit_table(tabular: str) -> pd.DataFrame:
 def make_diamond_database(proteins: Proteins, prefix: Path, threads: int = 2) -> Path:
     """A DIAMOND database `prefix`.dmnd of `proteins` (sequence ids: their indices)."""
     prefix = Path(prefix)
-    fasta = prefix.with_name(prefix.name + ".fa")
-    write_fasta(proteins, fasta)
-    subprocess.run(["diamond", "makedb", "--in", str(fasta), "--db", str(prefix), "--threads", str(threads),
-                    "--quiet"], check=True, capture_output=True)
-    fasta.unlink()
+    build_database(proteins, prefix, ["diamond", "makedb", "--in", "{fasta}", "--db", prefix.name, "--threads",
+                                      str(threads), "--quiet"])
     return prefix.with_name(prefix.name + ".dmnd")
 
 
@@ -208,11 +213,11 @@ def diamond_hits(reference: Proteins, queries: Proteins, threads: int = 2, evalu
         tmp = Path(tmp)
         database = database or make_diamond_database(reference, tmp / "db", threads)
         write_fasta(queries, tmp / "query.fa")
-        subprocess.run(["diamond", "blastp", "--db", str(database), "--query", str(tmp / "query.fa"),
-                        "--out", str(tmp / "hits.tsv"), "--evalue", str(evalue), "--max-target-seqs", "100",
-                        "--threads", str(threads), "--outfmt", "6", "qseqid", "sseqid", "bitscore", "--quiet"],
-                       check=True, capture_output=True)
-        return hit_table((tmp / "hits.tsv").read_text())
+        result = subprocess.run(
+            ["diamond", "blastp", "--db", str(database), "--query", str(tmp / "query.fa"), "--evalue", str(evalue),
+             "--max-target-seqs", "100", "--threads", str(threads), "--outfmt", "6", "qseqid", "sseqid", "bitscore",
+             "--quiet"], check=True, capture_output=True, text=True)
+    return hit_table(result.stdout)
 
 
 def without_identical(hits: pd.DataFrame, reference: Proteins, queries: Proteins) -> pd.DataFrame:
@@ -611,8 +616,8 @@ def search_hits(search: str, ontology: str, reference: Proteins, queries: Protei
     hits_file, timing = stem.with_suffix(".csv.gz"), stem.with_suffix(".json")
     if not timing.exists():
         database, database_seconds = Path(runs) / f"diamond-{ontology}-{len(reference)}.dmnd", None
-        database.parent.mkdir(parents=True, exist_ok=True)
         if search == "diamond" and not database.exists():
+            database.parent.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
             make_diamond_database(reference, database.with_suffix(""))
             database_seconds = time.perf_counter() - started
