@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from mlkit import experiments
 from mlkit.datasets import DATA_ROOT, prepare
 from mlkit.experiments import cached_array
 from mlkit.images import ImageArrays, list_images, load_class_folders, load_image, predict_files, write_demo_folder
@@ -29,7 +30,7 @@ from mlkit.predictors import image_table, load_arrays, read_manifest, save_array
 from mlkit.pretrained import MOBILENET_V2_FEATURES, mobilenet_v2_features
 from mlkit.results import ROOT
 from mlkit.runtime import seed_everything
-from mlkit.train import fit, load_half, save_half
+from mlkit.train import fit, load_half, load_state, save_half
 
 IMAGE_SIZE = 150  # every image is decoded at 150x150 (the stand-in's native size)
 CROP = 144  # network input: random crops for training, the centre crop for evaluation
@@ -245,9 +246,15 @@ def load_sets(dataset: str, smoke: bool) -> dict[str, ImageArrays]:
         else sets
 
 
-def run(config: dict, run_dir: Path) -> tuple[nn.Module, list[dict]]:
-    """Fine-tune (or reload) one configuration on its dataset's task images."""
-    return finetune(config, run_dir, load_sets(config["dataset"], config["smoke"])["task"])
+def run(config: dict, run_dir: Path) -> dict:
+    """Fine-tune (or reload) one configuration on its dataset's task images; what its record keeps: the history
+    and the softmax of its split's validation and test images (the weights stay in `run_dir/final.pt`)."""
+    data = load_sets(config["dataset"], config["smoke"])["task"]
+    model, history = finetune(config, run_dir, data)
+    splits = split(data.labels, config["split_seed"])
+    return {"history": history,
+            "val_probabilities": probabilities(model, data.images[splits["val"]]).astype(np.float32),
+            "test_probabilities": probabilities(model, data.images[splits["test"]]).astype(np.float32)}
 
 
 def finetune(config: dict, run_dir: Path, data: ImageArrays) -> tuple[Classifier, list[dict]]:
@@ -301,6 +308,24 @@ def load_fp16(path: Path, num_classes: int = 2) -> Classifier:
     model = Classifier(num_classes, pretrained=False)
     model.load_state_dict(load_half(path))
     return model.eval()
+
+
+def shipped_members(configs: list[dict], runs: list[dict], runs_folder: Path, folder: Path) -> list[Classifier]:
+    """The ensemble members as shipped in `folder`: a run trained now is saved there first (fp16, from its
+    `final.pt`); a run read from its record is the committed checkpoint. Both are read back from `folder`,
+    so the notebook analyses exactly the weights it ships."""
+    members = []
+    for config, result in zip(configs, runs, strict=True):
+        path = Path(folder) / checkpoint_name(config["seed"])
+        if result.get("provenance", "trained now") == "trained now":
+            model = Classifier(result["test_probabilities"].shape[1], pretrained=False)
+            model.load_state_dict(load_state(experiments.run_dir(runs_folder, config) / "final.pt"))
+            save_fp16(model, path)
+        elif not path.is_file():
+            raise FileNotFoundError(f"{path}: the checkpoint of a run read from its record is missing; "
+                                    "set RETRAIN = True (or delete the record) to train it again")
+        members.append(load_fp16(path, result["test_probabilities"].shape[1]))
+    return members
 
 
 # ---------------------------------------------------------------- Grad-CAM

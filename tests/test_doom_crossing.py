@@ -16,6 +16,7 @@ from torch import nn
 
 from doom_crossing import common
 from mlkit import pretrained
+from mlkit.experiments import run_dir
 from mlkit.images import list_files
 from mlkit.predictors import read_manifest
 
@@ -118,6 +119,25 @@ def test_fp16_checkpoint_round_trips(tmp_path):
     common.save_fp16(model, tmp_path / "model.pt")
     x = torch.rand(2, 3, 144, 144)
     assert torch.allclose(common.load_fp16(tmp_path / "model.pt")(x), model(x), atol=0.05)
+
+
+def test_shipped_members_save_runs_trained_now_and_need_the_checkpoint_of_a_recorded_run(tmp_path):
+    config = common.make_config(seed=0, smoke=True)
+    trained = common.Classifier(2, pretrained=False).eval()
+    folder = run_dir(tmp_path / "runs", config)
+    folder.mkdir(parents=True)
+    torch.save(trained.state_dict(), folder / "final.pt")
+    run = {"history": [], "test_probabilities": np.full((3, 2), 0.5, np.float32), "provenance": "trained now"}
+    (member,) = common.shipped_members([config], [run], tmp_path / "runs", tmp_path / "checkpoints")
+    assert (tmp_path / "checkpoints" / common.checkpoint_name(0)).is_file()
+    x = torch.rand(2, 3, 144, 144)
+    assert torch.allclose(member(x), trained(x), atol=0.05)  # read back from the fp16 checkpoint
+
+    recorded = run | {"provenance": "record (CPU, 2026-12-03)"}
+    (again,) = common.shipped_members([config], [recorded], tmp_path / "no-runs", tmp_path / "checkpoints")
+    assert torch.equal(again(x), member(x))  # a recorded run is the committed checkpoint
+    with pytest.raises(FileNotFoundError, match="RETRAIN"):
+        common.shipped_members([config], [recorded], tmp_path / "no-runs", tmp_path / "elsewhere")
 
 
 def test_seed_ensemble_softmax_is_the_mean_of_its_members_softmax():
