@@ -2,6 +2,7 @@
 MobileNetV2 classifier, linear probe, fine-tuning, statistics, Grad-CAM, OOD detection, a new class and the
 committed predictor (the 3-seed ensemble with the OOD guard of Q3)."""
 import functools
+import io
 import warnings
 from pathlib import Path
 
@@ -10,9 +11,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 import torchvision
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from scipy.stats import rankdata
 from scipy.stats import t as t_distribution
+from sklearn.covariance import LedoitWolf
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
@@ -22,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from mlkit import experiments
-from mlkit.datasets import DATA_ROOT, prepare
+from mlkit.datasets import DATA_ROOT, DataError, prepare
 from mlkit.experiments import cached_array
 from mlkit.images import ImageArrays, list_images, load_class_folders, load_image, predict_files, write_demo_folder
 from mlkit.metrics import mcnemar_p_value, mean_std, wilson_interval
@@ -43,6 +45,14 @@ RECIPE = {  # the shipped model: ImageNet MobileNetV2 fine-tuned whole, one run 
     "weight_decay": 1e-4,
     "label_smoothing": 0.1,
 }
+OTHER_OOD = {  # Q3's out-of-distribution sets beyond Intel's: (dataset, folder, classes, images per class)
+    "15-Scene outdoor": ("scene15", "train", ("coast", "highway", "opencountry"), 100),  # the OOD method is chosen here
+    "15-Scene indoor": ("scene15", "train", ("bedroom", "kitchen", "livingroom", "office", "store"), 100),
+    "CIFAR-10 (upsampled)": ("cifar10", "test", None, 50),  # None: every class of the folder
+    "vv-test digits (upsampled)": ("vv_test", "task1/test", None, 50),
+}
+OOD_CHOICE_SET = "15-Scene outdoor"
+OOD_CANDIDATE_K = (1, 5, 10, 20, 50)
 SEEDS = (0, 1, 2)  # fine-tuning seeds: the shipped model is their ensemble
 HERE = Path(__file__).resolve().parent
 CHECKPOINTS = HERE / "checkpoints"  # the committed predictor: fine-tuned weights, OOD feature bank, predictor.json
@@ -73,6 +83,30 @@ def intel_folders(seed: int = 0, root=DATA_ROOT) -> dict[str, Path]:
                 _link_sample(list_images(intel / split / name), PER_CLASS[part], out / part / name, rng)
         (out / ".done").touch()
     return {part: out / part for part in parts}
+
+
+def other_ood_sets(smoke: bool, seed: int = 0, root=DATA_ROOT) -> dict[str, ImageArrays]:
+    """OTHER_OOD's seeded samples, decoded like the task images (150x150 RGB: small images upsampled, grayscale
+    copied to three channels); the smoke profile keeps 10 images per class. A dataset that cannot be prepared (the
+    mirror-only 15-Scene online) is left out with a warning."""
+    sets = {}
+    for name, (dataset, folder, classes, per_class) in OTHER_OOD.items():
+        try:
+            source = prepare(dataset, root) / folder
+        except DataError as error:
+            source, reason = None, str(error)
+        if source is None or not source.is_dir():  # e.g. CIFAR-10's official archive holds no image folders
+            warnings.warn(f"OOD set {name!r} left out: {reason if source is None else f'no folder {source}'}",
+                          stacklevel=2)
+            continue
+        out = Path(root) / f"doom_ood-seed{seed}" / name
+        if not (out / ".done").exists():
+            rng = np.random.default_rng(seed)
+            for label in classes or sorted(d.name for d in source.iterdir() if d.is_dir()):
+                _link_sample(list_images(source / label), per_class, out / label, rng)
+            (out / ".done").touch()
+        sets[name] = load(out, Path(root) / "cache")
+    return {name: data.sample_per_class(10) for name, data in sets.items()} if smoke else sets
 
 
 def class_root(folder: Path) -> Path:
@@ -224,6 +258,11 @@ def auroc(scores_negative, scores_positive) -> float:
     return float((ranks.sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def fpr_at_95_tpr(scores_negative, scores_positive) -> float:
+    """Share of positives (OOD) scored at or below the threshold that keeps 95% of the negatives (genuine inputs)."""
+    return float((np.asarray(scores_positive) <= np.quantile(scores_negative, 0.95)).mean())
+
+
 # ---------------------------------------------------------------- fine-tuning
 
 def make_config(seed: int = 0, split_seed: int = 0, smoke: bool = False, dataset: str = "intel_standin") -> dict:
@@ -342,9 +381,33 @@ def grad_cam(model: Classifier, image: np.ndarray, target: int) -> np.ndarray:
     return (cam / cam.max().clamp_min(1e-8)).numpy()
 
 
+# ---------------------------------------------------------------- meme-like inputs
+
+CAPTION_WORDS = ("when", "you", "finally", "beat", "the", "boss", "me", "every", "morning", "nobody", "my", "island",
+                 "rip", "and", "tear", "villagers", "bells", "monday", "demons", "loan")
+
+
+def memeify(image: np.ndarray, rng) -> np.ndarray:
+    """A meme-like copy of a square RGB image: a border of random colour and width, white captions with a black
+    outline at the top and bottom, and a lossy JPEG re-encoding (quality 30-70), all drawn from `rng`."""
+    size, border = image.shape[0], int(rng.integers(0, 13))
+    canvas = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(0, 256, 3)))
+    canvas.paste(Image.fromarray(image).resize((size - 2 * border, size - 2 * border), Image.Resampling.BILINEAR),
+                 (border, border))
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default(size=int(rng.integers(13, 20)))
+    for y, anchor in ((border + 3, "ma"), (size - border - 3, "md")):
+        caption = " ".join(rng.choice(CAPTION_WORDS, int(rng.integers(2, 5)))).upper()
+        while font.size > 9 and draw.textlength(caption, font=font) > size - 2 * border - 6:  # shrink to fit
+            font = font.font_variant(size=font.size - 1)
+        draw.text((size // 2, y), caption, font=font, fill="white", stroke_width=2, stroke_fill="black", anchor=anchor)
+    encoded = io.BytesIO()
+    canvas.save(encoded, "JPEG", quality=int(rng.integers(30, 71)))
+    return np.array(Image.open(encoded).convert("RGB"))
+
+
 # ---------------------------------------------------------------- OOD and a new class
 
-OOD_K = 10  # the k-th nearest training feature gives the OOD score
+OOD_K = 20  # the k-th nearest training feature gives the OOD score; k chosen in Q3 on OOD_CHOICE_SET (validation)
 OOD_QUANTILE = 0.95  # threshold: this quantile of the validation scores (about 5% of genuine inputs rejected)
 
 
@@ -357,6 +420,20 @@ class KNNScore:
 
     def score(self, features) -> np.ndarray:
         return 1 - np.sort(normalize(features) @ self.bank.T, axis=1)[:, -self.k]
+
+
+class MahalanobisScore:
+    """The OOD score tried before KNNScore: squared Mahalanobis distance to the nearest class mean under one shared
+    covariance (Lee et al. 2018), shrunk by Ledoit-Wolf since the 1,280 feature dimensions outnumber the training
+    images; higher = more unusual."""
+
+    def __init__(self, features, labels):
+        self.means = np.stack([features[labels == c].mean(0) for c in np.unique(labels)])
+        self.precision = LedoitWolf().fit(features - self.means[labels]).precision_
+
+    def score(self, features) -> np.ndarray:
+        centred = features[:, None, :] - self.means[None]
+        return ((centred @ self.precision) * centred).sum(-1).min(1)
 
 
 def ood_guard(train_features, val_features, k: int = OOD_K, quantile: float = OOD_QUANTILE):
@@ -398,14 +475,22 @@ def with_new_class(old_probabilities, distances) -> np.ndarray:
 def summarize(*, profile: str, dataset: str, probe_correct: np.ndarray, seed_correct: list[np.ndarray],
               ensemble_correct: np.ndarray, split_ensemble_accuracies: list[float], split_differences: list[float],
               split_p_value: float, probe_split_accuracies: list[float], permutation_p_value: float,
-              ood_auroc: float, new_class_accuracy: float, old_class_accuracy_drop: float) -> dict:
+              meme_like_accuracy: dict[str, float], ood_method: str, ood_chosen: str,
+              ood_report: dict[str, dict[str, float]], new_class_accuracy: float,
+              old_class_accuracy_drop: float) -> dict:
     """results.json from the Challenge notebook's measurements: per-image correctness on split 0's test images
     (probe, each seed, their ensemble), the ensemble and its difference from the probe on every split seed, the
-    statistics of Q2, the OOD AUROC of Q3 and the new class of Q4."""
+    statistics of Q2, the shipped members' accuracy on the test images as they are and made meme-like (Q1),
+    Q3's OOD method (the shipped guard; `ood_chosen`: the method chosen on OOD_CHOICE_SET) with its scores on
+    every other OOD set (`ood_report[set]`: AUROC, FPR at 95% TPR, share flagged at the threshold; the first set
+    is Intel's, the far one) and the new class of Q4."""
     probe_accuracy, ensemble_accuracy = float(probe_correct.mean()), float(ensemble_correct.mean())
     seed_mean, seed_std = mean_std([correct.mean() for correct in seed_correct])
     split_mean, split_std = mean_std(split_ensemble_accuracies)
     members = len(seed_correct)
+    (far, far_scores), *near = ood_report.items()
+    near_auroc = min((scores["AUROC"] for _, scores in near), default=float("nan"))
+    how = f"chosen on {OOD_CHOICE_SET}" if ood_chosen == ood_method else f"the choice on {OOD_CHOICE_SET}: {ood_chosen}"
     return {
         "profile": profile,
         "dataset": dataset,
@@ -425,7 +510,12 @@ def summarize(*, profile: str, dataset: str, probe_correct: np.ndarray, seed_cor
         "finetune_seed_accuracy_std": seed_std,
         "probe_accuracy_split_seeds": list(probe_split_accuracies),
         "permutation_p_value": permutation_p_value,
-        "ood_auroc": ood_auroc,
+        "meme_like_accuracy": meme_like_accuracy,
+        "ood_method": ood_method,
+        "ood_chosen": ood_chosen,
+        "ood_report": ood_report,
+        "ood_auroc": far_scores["AUROC"],
+        "ood_near_auroc_min": near_auroc,
         "new_class_accuracy": new_class_accuracy,
         "old_class_accuracy_drop": old_class_accuracy_drop,
         "headline": {
@@ -433,7 +523,13 @@ def summarize(*, profile: str, dataset: str, probe_correct: np.ndarray, seed_cor
                                         f"{probe_accuracy:.3f}); over {len(split_differences)} splits "
                                         f"{split_mean:.3f} ± {split_std:.3f}, {np.mean(split_differences):+.3f} vs "
                                         f"probe (p = {split_p_value:.3f})",
-            "OOD AUROC": f"{ood_auroc:.3f}",
+            "meme-like test images": f"{meme_like_accuracy['meme-like']:.3f} vs {meme_like_accuracy['plain']:.3f} as "
+                                     "they are (captions, border, JPEG; no meme seen in training)",
+            "OOD AUROC": f"{far_scores['AUROC']:.3f} {far}; near: "
+                         + ", ".join(f"{name} {scores['AUROC']:.3f}" for name, scores in near)
+                         + f" ({ood_method}, {how})",
+            "OOD FPR at 95% TPR": ", ".join(f"{name} {scores['FPR at 95% TPR']:.3f}"
+                                             for name, scores in ood_report.items()),
             "new class from 50 images": f"{new_class_accuracy:.3f} (old classes -{old_class_accuracy_drop:.3f})",
         },
     }
@@ -492,7 +588,8 @@ def export_predictor(folder=CHECKPOINTS, smoke: bool = False, dataset: str = "in
                "scale": "uint8 / 255 -> [0, 1]", "normalize_inside_model": {"mean": MEAN, "std": STD}},
         test_time_augmentation="none (centre crop only: Q1 measured no gain from crop + flip + full image)",
         ood={"score": "cosine distance of L2-normalised features to the k-th nearest training image (common.KNNScore)",
-             "k": OOD_K, "threshold": threshold, "rule": f"{OOD_QUANTILE} quantile of the validation split's scores",
+             "k": OOD_K, "k_chosen_on": f"{OOD_CHOICE_SET} against the validation split (Q3)",
+             "threshold": threshold, "rule": f"{OOD_QUANTILE} quantile of the validation split's scores",
              "above_threshold": NEITHER, "bank": BANK, "bank_images": len(bank), "bank_dtype": "float16",
              "feature_model": {
                  "kind": "MobileNetV2 ImageNet features (frozen, not fine-tuned), pooled 1280-d, same input",

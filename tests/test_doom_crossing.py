@@ -1,6 +1,7 @@
 """doom_crossing/common.py and mlkit/pretrained.py: splits, statistics, OOD, the new class, files, weights, and the
 committed predictor."""
 import hashlib
+import json
 import re
 import shutil
 import zipfile
@@ -10,12 +11,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy.spatial.distance import mahalanobis
 from scipy.stats import ttest_rel
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import roc_auc_score, roc_curve
 from torch import nn
 
 from doom_crossing import common
 from mlkit import pretrained
+from mlkit.datasets import DataError
 from mlkit.experiments import run_dir
 from mlkit.images import list_files
 from mlkit.predictors import read_manifest
@@ -53,12 +56,58 @@ def _clusters(rng, centres, n):
     return np.concatenate([rng.normal(size=(n, len(centres[0]))) * 0.3 + c for c in centres])
 
 
+def test_other_ood_sets_sample_every_source_and_leave_out_one_that_cannot_be_prepared(tmp_path, monkeypatch):
+    def fake_prepare(name, root):
+        if name == "scene15":
+            raise DataError("scene15 exists only in the offline mirror")
+        for label in ("a", "b"):
+            folder = tmp_path / "sources" / name / ("task1/test" if name == "vv_test" else "test") / label
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(60):
+                Image.new("L" if name == "vv_test" else "RGB", (28, 28), i).save(folder / f"{i}.png")
+        return tmp_path / "sources" / name
+
+    monkeypatch.setattr(common, "prepare", fake_prepare)
+    with pytest.warns(UserWarning, match="left out"):
+        sets = common.other_ood_sets(smoke=False, root=tmp_path)
+    assert list(sets) == ["CIFAR-10 (upsampled)", "vv-test digits (upsampled)"]
+    assert all(len(s) == 100 and s.images.shape[1:] == (150, 150, 3) for s in sets.values())  # 50 of each class
+
+
+def test_memeify_keeps_the_shape_draws_captions_and_is_reproducible():
+    image = np.full((150, 150, 3), 90, np.uint8)
+    meme = common.memeify(image, np.random.default_rng(0))
+    assert meme.shape == image.shape and meme.dtype == np.uint8
+    assert (meme == common.memeify(image, np.random.default_rng(0))).all()
+    top, middle = meme[:30].reshape(-1, 3), meme[60:90, 40:110].reshape(-1, 3)
+    assert (top.min(1) > 200).mean() > 0.02 and np.abs(middle.astype(int) - 90).max() < 25  # captions, not the middle
+
+
+def test_fpr_at_95_tpr_agrees_with_scikit_learns_roc_curve():
+    rng = np.random.default_rng(0)
+    genuine, unusual = rng.normal(size=400), rng.normal(1.5, size=300)
+    fpr, tpr, _ = roc_curve(np.r_[np.ones(400), np.zeros(300)], -np.r_[genuine, unusual])  # genuine = positive
+    assert common.fpr_at_95_tpr(genuine, unusual) == pytest.approx(fpr[np.searchsorted(tpr, 0.95)], abs=1 / 300)
+
+
 def test_knn_score_ranks_unseen_directions_above_training_directions():
     rng = np.random.default_rng(0)
     eye = np.eye(8) * 5
     train = _clusters(rng, eye[:2], 100)
     detector = common.KNNScore(train, k=10)
     assert detector.score(_clusters(rng, eye[4:6], 20)).min() > detector.score(_clusters(rng, eye[:2], 20)).max()
+
+
+def test_mahalanobis_score_is_the_distance_to_the_nearest_class_mean_under_the_shrunk_covariance():
+    rng = np.random.default_rng(0)
+    eye = np.eye(8) * 5
+    labels = np.repeat([0, 1], 100)
+    train = _clusters(rng, eye[:2], 100)
+    detector = common.MahalanobisScore(train, labels)
+    queries = _clusters(rng, eye[:3], 5)
+    expected = [min(mahalanobis(q, m, detector.precision) ** 2 for m in detector.means) for q in queries]
+    np.testing.assert_allclose(detector.score(queries), expected, rtol=1e-6)
+    assert detector.score(queries[10:]).min() > detector.score(queries[:10]).max()  # the unseen cluster is farther
 
 
 def test_nearest_class_mean_adds_a_class_without_changing_old_predictions():
@@ -186,7 +235,8 @@ def test_demo_gives_one_row_per_file_classes_for_samples_neither_for_off_topic_a
         assert table.loc[name, "prediction"] == name.split("_")[0] and table.loc[name, "error"] == ""
         assert table.loc[name, "ood_score"] <= table.loc[name, "threshold"]
     for name in ("forest_1.jpg", "sea_1.jpg"):
-        assert table.loc[name, "prediction"] == common.NEITHER and table.loc[name, "ood_score"] > 0.346
+        assert table.loc[name, "prediction"] == common.NEITHER
+        assert table.loc[name, "ood_score"] > table.loc[name, "threshold"]
         assert table.loc[name, "probability"] > 0.5  # the softmax alone would have answered with confidence
     for name in ("rgba.png", "grayscale.png", "16bit.png", "exif_rotated.jpg"):
         assert table.loc[name, "error"] == "" and table.loc[name, "prediction"] in ("buildings", "street", "NEITHER")
@@ -212,7 +262,9 @@ def test_committed_manifest_is_the_notebooks_q3_guard_and_describes_the_ensemble
     assert manifest["ood"]["k"] == common.OOD_K == predictor.detector.k and manifest["ood"]["bank_images"] == 1120
     assert manifest["classes"] == ["buildings", "street"] and not manifest["source"]["smoke"]
     assert manifest["model"]["weights"] == [common.checkpoint_name(seed) for seed in common.SEEDS]
-    assert "3-seed" in repr(predictor) and "0.346" in repr(predictor)
+    assert "3-seed" in repr(predictor) and f"{manifest['ood']['threshold']:.3f}" in repr(predictor)
+    results = json.loads((common.HERE / "results.json").read_text())
+    assert results["ood_chosen"] == results["ood_method"] == f"kNN, k = {common.OOD_K}"  # the shipped guard was chosen
 
 
 def test_missing_weights_give_a_clear_error(tmp_path):
@@ -226,7 +278,10 @@ def test_summarize_counts_the_ensemble_and_the_splits():
     results = common.summarize(
         profile="full", dataset="intel_standin", probe_correct=probe, seed_correct=[ensemble, probe, ensemble],
         ensemble_correct=ensemble, split_ensemble_accuracies=[0.75, 0.85], split_differences=[0.25, 0.05],
-        split_p_value=0.04, probe_split_accuracies=[0.5, 0.8], permutation_p_value=0.005, ood_auroc=0.99,
+        split_p_value=0.04, probe_split_accuracies=[0.5, 0.8], permutation_p_value=0.005,
+        meme_like_accuracy={"plain": 0.95, "meme-like": 0.9}, ood_method="kNN, k = 20", ood_chosen="kNN, k = 20",
+        ood_report={"Intel": {"AUROC": 0.99, "FPR at 95% TPR": 0.02}, "digits": {"AUROC": 0.97, "FPR at 95% TPR": 0.1},
+                    "CIFAR-10": {"AUROC": 0.98, "FPR at 95% TPR": 0.05}},
         new_class_accuracy=0.97, old_class_accuracy_drop=0.01)
     assert (results["probe_accuracy"], results["finetune_accuracy"]) == (0.5, 0.75)
     assert results["finetune_model"] == "3-seed ensemble (mean softmax)" and "stand-in" in results["data"]
@@ -234,3 +289,7 @@ def test_summarize_counts_the_ensemble_and_the_splits():
     assert results["headline"]["fine-tuned test accuracy"] == ("0.750 (3-seed ensemble; probe 0.500); over 2 splits "
                                                                "0.800 ± 0.071, +0.150 vs probe (p = 0.040)")
     assert results["headline"]["new class from 50 images"] == "0.970 (old classes -0.010)"
+    assert (results["ood_auroc"], results["ood_near_auroc_min"]) == (0.99, 0.97)
+    assert results["headline"]["meme-like test images"].startswith("0.900 vs 0.950 as they are")
+    assert results["headline"]["OOD AUROC"] == ("0.990 Intel; near: digits 0.970, CIFAR-10 0.980 "
+                                                "(kNN, k = 20, chosen on 15-Scene outdoor)")
