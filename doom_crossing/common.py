@@ -53,6 +53,7 @@ OTHER_OOD = {  # Q3's out-of-distribution sets beyond Intel's: (dataset, folder,
 }
 OOD_CHOICE_SET = "15-Scene outdoor"
 OOD_CANDIDATE_K = (1, 5, 10, 20, 50)
+MEME_AUGMENTATION = 0.5  # the meme study's runs: share of training images made meme-like (memeify); not tuned
 SEEDS = (0, 1, 2)  # fine-tuning seeds: the shipped model is their ensemble
 HERE = Path(__file__).resolve().parent
 CHECKPOINTS = HERE / "checkpoints"  # the committed predictor: fine-tuned weights, OOD feature bank, predictor.json
@@ -151,18 +152,24 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 class Images(Dataset):
-    def __init__(self, images, labels, transform=EVAL_TRANSFORM):
+    """`meme_probability`: the share of images made meme-like (`memeify`) each time they are drawn."""
+
+    def __init__(self, images, labels, transform=EVAL_TRANSFORM, meme_probability: float = 0.0, seed: int = 0):
         self.images, self.labels, self.transform = images, torch.as_tensor(labels), transform
+        self.meme_probability, self.rng = meme_probability, np.random.default_rng(seed)
 
     def __len__(self):
         return len(self.labels)
 
     def __getitem__(self, i):
-        return self.transform(to_tensor(self.images[i])), self.labels[i]
+        image = self.images[i]
+        if self.meme_probability and self.rng.random() < self.meme_probability:
+            image = memeify(image, self.rng)
+        return self.transform(to_tensor(image)), self.labels[i]
 
 
-def loader(images, labels, train=False, batch_size=32):
-    dataset = Images(images, labels, TRAIN_TRANSFORM if train else EVAL_TRANSFORM)
+def loader(images, labels, train=False, batch_size=32, meme_probability: float = 0.0, seed: int = 0):
+    dataset = Images(images, labels, TRAIN_TRANSFORM if train else EVAL_TRANSFORM, meme_probability, seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=train)
 
 
@@ -265,11 +272,15 @@ def fpr_at_95_tpr(scores_negative, scores_positive) -> float:
 
 # ---------------------------------------------------------------- fine-tuning
 
-def make_config(seed: int = 0, split_seed: int = 0, smoke: bool = False, dataset: str = "intel_standin") -> dict:
+def make_config(seed: int = 0, split_seed: int = 0, smoke: bool = False, dataset: str = "intel_standin",
+                meme_augmentation: float = 0.0) -> dict:
     """One fine-tuning run (RECIPE) of `dataset`'s task, trained on the train/val/test split drawn with
-    `split_seed`; the smoke profile trains one epoch on `load_sets`' subset."""
-    return {"name": f"finetune-split{split_seed}-s{seed}", "seed": seed, "split_seed": split_seed,
-            "dataset": dataset, **RECIPE, "smoke": smoke} | ({"epochs": 1} if smoke else {})
+    `split_seed`; the smoke profile trains one epoch on `load_sets`' subset. `meme_augmentation` > 0 (the meme
+    study) makes that share of the training images meme-like."""
+    meme = {"meme_augmentation": meme_augmentation} if meme_augmentation else {}
+    return {"name": f"finetune-split{split_seed}-s{seed}" + ("-meme" if meme else ""), "seed": seed,
+            "split_seed": split_seed, "dataset": dataset, **RECIPE, **meme, "smoke": smoke} | (
+        {"epochs": 1} if smoke else {})
 
 
 def finetune_configs(smoke: bool, seeds=SEEDS, split_seed: int = 0, dataset: str = "intel_standin") -> list[dict]:
@@ -287,13 +298,18 @@ def load_sets(dataset: str, smoke: bool) -> dict[str, ImageArrays]:
 
 def run(config: dict, run_dir: Path) -> dict:
     """Fine-tune (or reload) one configuration on its dataset's task images; what its record keeps: the history
-    and the softmax of its split's validation and test images (the weights stay in `run_dir/final.pt`)."""
+    and the softmax of its split's validation and test images, and of their `meme_copies` for a meme-study run
+    (the weights stay in `run_dir/final.pt`)."""
     data = load_sets(config["dataset"], config["smoke"])["task"]
     model, history = finetune(config, run_dir, data)
     splits = split(data.labels, config["split_seed"])
-    return {"history": history,
-            "val_probabilities": probabilities(model, data.images[splits["val"]]).astype(np.float32),
-            "test_probabilities": probabilities(model, data.images[splits["test"]]).astype(np.float32)}
+    record = {"history": history}
+    for name in ("val", "test"):
+        images = data.images[splits[name]]
+        record[f"{name}_probabilities"] = probabilities(model, images).astype(np.float32)
+        if config.get("meme_augmentation"):
+            record[f"meme_{name}_probabilities"] = probabilities(model, meme_copies(images)).astype(np.float32)
+    return record
 
 
 def finetune(config: dict, run_dir: Path, data: ImageArrays) -> tuple[Classifier, list[dict]]:
@@ -305,7 +321,8 @@ def finetune(config: dict, run_dir: Path, data: ImageArrays) -> tuple[Classifier
     groups = [{"params": model.features.parameters(), "lr": config["lr_backbone"]},
               {"params": model.head.parameters(), "lr": config["lr_head"]}]
     optimizer = torch.optim.AdamW(groups, weight_decay=config["weight_decay"])
-    train = loader(data.images[splits["train"]], data.labels[splits["train"]], train=True)
+    train = loader(data.images[splits["train"]], data.labels[splits["train"]], train=True,
+                   meme_probability=config.get("meme_augmentation", 0.0), seed=config["seed"])
     val = loader(data.images[splits["val"]], data.labels[splits["val"]])
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[g["lr"] for g in groups], total_steps=config["epochs"] * len(train), pct_start=0.2)
@@ -405,6 +422,12 @@ def memeify(image: np.ndarray, rng) -> np.ndarray:
     return np.array(Image.open(encoded).convert("RGB"))
 
 
+def meme_copies(images, seed: int = 0) -> np.ndarray:
+    """`memeify` of every image, drawn from one seeded stream (the same copies every time)."""
+    rng = np.random.default_rng(seed)
+    return np.stack([memeify(image, rng) for image in images])
+
+
 # ---------------------------------------------------------------- OOD and a new class
 
 OOD_K = 20  # the k-th nearest training feature gives the OOD score; k chosen in Q3 on OOD_CHOICE_SET (validation)
@@ -475,12 +498,14 @@ def with_new_class(old_probabilities, distances) -> np.ndarray:
 def summarize(*, profile: str, dataset: str, probe_correct: np.ndarray, seed_correct: list[np.ndarray],
               ensemble_correct: np.ndarray, split_ensemble_accuracies: list[float], split_differences: list[float],
               split_p_value: float, probe_split_accuracies: list[float], permutation_p_value: float,
-              meme_like_accuracy: dict[str, float], ood_method: str, ood_chosen: str,
+              meme_like_accuracy: dict[str, float], meme_trained_accuracy: dict[str, float], ood_method: str,
+              ood_chosen: str,
               ood_report: dict[str, dict[str, float]], new_class_accuracy: float,
               old_class_accuracy_drop: float) -> dict:
     """results.json from the Challenge notebook's measurements: per-image correctness on split 0's test images
     (probe, each seed, their ensemble), the ensemble and its difference from the probe on every split seed, the
-    statistics of Q2, the shipped members' accuracy on the test images as they are and made meme-like (Q1),
+    statistics of Q2, the shipped members' accuracy on the test images as they are and made meme-like (Q1) and that
+    of the meme study's runs (`meme_trained_accuracy`),
     Q3's OOD method (the shipped guard; `ood_chosen`: the method chosen on OOD_CHOICE_SET) with its scores on
     every other OOD set (`ood_report[set]`: AUROC, FPR at 95% TPR, share flagged at the threshold; the first set
     is Intel's, the far one) and the new class of Q4."""
@@ -511,6 +536,7 @@ def summarize(*, profile: str, dataset: str, probe_correct: np.ndarray, seed_cor
         "probe_accuracy_split_seeds": list(probe_split_accuracies),
         "permutation_p_value": permutation_p_value,
         "meme_like_accuracy": meme_like_accuracy,
+        "meme_trained_accuracy": meme_trained_accuracy,
         "ood_method": ood_method,
         "ood_chosen": ood_chosen,
         "ood_report": ood_report,
@@ -524,7 +550,10 @@ def summarize(*, profile: str, dataset: str, probe_correct: np.ndarray, seed_cor
                                         f"{split_mean:.3f} ± {split_std:.3f}, {np.mean(split_differences):+.3f} vs "
                                         f"probe (p = {split_p_value:.3f})",
             "meme-like test images": f"{meme_like_accuracy['meme-like']:.3f} vs {meme_like_accuracy['plain']:.3f} as "
-                                     "they are (captions, border, JPEG; no meme seen in training)",
+                                     "they are (captions, border, JPEG; no meme seen in training); trained with "
+                                     f"{MEME_AUGMENTATION:.0%} meme-like images: "
+                                     f"{meme_trained_accuracy['meme-like']:.3f} meme-like, "
+                                     f"{meme_trained_accuracy['plain']:.3f} as they are",
             "OOD AUROC": f"{far_scores['AUROC']:.3f} {far}; near: "
                          + ", ".join(f"{name} {scores['AUROC']:.3f}" for name, scores in near)
                          + f" ({ood_method}, {how})",

@@ -83,6 +83,20 @@ def test_memeify_keeps_the_shape_draws_captions_and_is_reproducible():
     assert (top.min(1) > 200).mean() > 0.02 and np.abs(middle.astype(int) - 90).max() < 25  # captions, not the middle
 
 
+def test_meme_study_configs_add_a_key_and_leave_the_shipped_configs_as_they_were():
+    plain, meme = common.make_config(1), common.make_config(1, meme_augmentation=0.5)
+    assert "meme_augmentation" not in plain and plain["name"] == "finetune-split0-s1"
+    assert meme == plain | {"name": "finetune-split0-s1-meme", "meme_augmentation": 0.5}
+
+
+def test_images_become_meme_like_at_the_given_rate():
+    images = np.full((40, 150, 150, 3), 90, np.uint8)
+    changed = [float((common.Images(images, np.zeros(40), transform=lambda x: x, meme_probability=p)[i][0] * 255
+                      - 90).abs().max()) > 30 for p in (0.0, 1.0) for i in range(40)]
+    assert not any(changed[:40]) and all(changed[40:])
+    np.testing.assert_array_equal(common.meme_copies(images[:3]), common.meme_copies(images[:3]))
+
+
 def test_fpr_at_95_tpr_agrees_with_scikit_learns_roc_curve():
     rng = np.random.default_rng(0)
     genuine, unusual = rng.normal(size=400), rng.normal(1.5, size=300)
@@ -279,7 +293,8 @@ def test_summarize_counts_the_ensemble_and_the_splits():
         profile="full", dataset="intel_standin", probe_correct=probe, seed_correct=[ensemble, probe, ensemble],
         ensemble_correct=ensemble, split_ensemble_accuracies=[0.75, 0.85], split_differences=[0.25, 0.05],
         split_p_value=0.04, probe_split_accuracies=[0.5, 0.8], permutation_p_value=0.005,
-        meme_like_accuracy={"plain": 0.95, "meme-like": 0.9}, ood_method="kNN, k = 20", ood_chosen="kNN, k = 20",
+        meme_like_accuracy={"plain": 0.95, "meme-like": 0.9}, meme_trained_accuracy={"plain": 0.94, "meme-like": 0.93},
+        ood_method="kNN, k = 20", ood_chosen="kNN, k = 20",
         ood_report={"Intel": {"AUROC": 0.99, "FPR at 95% TPR": 0.02}, "digits": {"AUROC": 0.97, "FPR at 95% TPR": 0.1},
                     "CIFAR-10": {"AUROC": 0.98, "FPR at 95% TPR": 0.05}},
         new_class_accuracy=0.97, old_class_accuracy_drop=0.01)
@@ -291,5 +306,6 @@ def test_summarize_counts_the_ensemble_and_the_splits():
     assert results["headline"]["new class from 50 images"] == "0.970 (old classes -0.010)"
     assert (results["ood_auroc"], results["ood_near_auroc_min"]) == (0.99, 0.97)
     assert results["headline"]["meme-like test images"].startswith("0.900 vs 0.950 as they are")
+    assert results["headline"]["meme-like test images"].endswith("images: 0.930 meme-like, 0.940 as they are")
     assert results["headline"]["OOD AUROC"] == ("0.990 Intel; near: digits 0.970, CIFAR-10 0.980 "
                                                 "(kNN, k = 20, chosen on 15-Scene outdoor)")
