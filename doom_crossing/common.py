@@ -70,6 +70,15 @@ def _link_sample(sources: list[Path], n: int, dest: Path, rng) -> None:
             link.symlink_to(source)
 
 
+def _link_samples_once(out: Path, samples, seed: int) -> None:
+    """`_link_sample` each (sources, n, dest) of `samples` from one seeded stream, once (`out/.done` marks it)."""
+    if not (out / ".done").exists():
+        rng = np.random.default_rng(seed)
+        for sources, n, dest in samples:
+            _link_sample(sources, n, dest, rng)
+        (out / ".done").touch()
+
+
 def intel_folders(seed: int = 0, root=DATA_ROOT) -> dict[str, Path]:
     """Seeded samples of Intel Image Classification as class folders of links, made once:
     task (buildings/street, 800 each from seg_train), ood (forest/glacier/sea, 200 each from seg_test),
@@ -77,12 +86,8 @@ def intel_folders(seed: int = 0, root=DATA_ROOT) -> dict[str, Path]:
     intel, out = prepare("intel", root), Path(root) / f"intel_standin-seed{seed}"
     parts = {"task": ("seg_train", STANDIN["task"]), "ood": ("seg_test", STANDIN["ood"]),
              "new_train": ("seg_train", STANDIN["new"]), "new_test": ("seg_test", STANDIN["new"])}
-    if not (out / ".done").exists():
-        rng = np.random.default_rng(seed)
-        for part, (split, classes) in parts.items():
-            for name in classes:
-                _link_sample(list_images(intel / split / name), PER_CLASS[part], out / part / name, rng)
-        (out / ".done").touch()
+    _link_samples_once(out, ((list_images(intel / split / name), PER_CLASS[part], out / part / name)
+                             for part, (split, classes) in parts.items() for name in classes), seed)
     return {part: out / part for part in parts}
 
 
@@ -101,11 +106,8 @@ def other_ood_sets(smoke: bool, seed: int = 0, root=DATA_ROOT) -> dict[str, Imag
                           stacklevel=2)
             continue
         out = Path(root) / f"doom_ood-seed{seed}" / name
-        if not (out / ".done").exists():
-            rng = np.random.default_rng(seed)
-            for label in classes or sorted(d.name for d in source.iterdir() if d.is_dir()):
-                _link_sample(list_images(source / label), per_class, out / label, rng)
-            (out / ".done").touch()
+        labels = classes or sorted(d.name for d in source.iterdir() if d.is_dir())
+        _link_samples_once(out, ((list_images(source / label), per_class, out / label) for label in labels), seed)
         sets[name] = load(out, Path(root) / "cache")
     return {name: data.sample_per_class(10) for name, data in sets.items()} if smoke else sets
 
@@ -446,7 +448,7 @@ class KNNScore:
 
 
 class MahalanobisScore:
-    """The OOD score tried before KNNScore: squared Mahalanobis distance to the nearest class mean under one shared
+    """One of Q3's candidate OOD scores: squared Mahalanobis distance to the nearest class mean under one shared
     covariance (Lee et al. 2018), shrunk by Ledoit-Wolf since the 1,280 feature dimensions outnumber the training
     images; higher = more unusual."""
 
@@ -499,8 +501,7 @@ def summarize(*, profile: str, dataset: str, probe_correct: np.ndarray, seed_cor
               ensemble_correct: np.ndarray, split_ensemble_accuracies: list[float], split_differences: list[float],
               split_p_value: float, probe_split_accuracies: list[float], permutation_p_value: float,
               meme_like_accuracy: dict[str, float], meme_trained_accuracy: dict[str, float], ood_method: str,
-              ood_chosen: str,
-              ood_report: dict[str, dict[str, float]], new_class_accuracy: float,
+              ood_chosen: str, ood_report: dict[str, dict[str, float]], new_class_accuracy: float,
               old_class_accuracy_drop: float) -> dict:
     """results.json from the Challenge notebook's measurements: per-image correctness on split 0's test images
     (probe, each seed, their ensemble), the ensemble and its difference from the probe on every split seed, the
