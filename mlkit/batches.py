@@ -34,29 +34,31 @@ def resize(images, size: int, batch_size: int = 512) -> torch.Tensor:
 
 def random_flip(x: torch.Tensor) -> torch.Tensor:
     """Mirror each sample of (N, C, H, W) left-right with probability 1/2."""
-    flip = torch.rand(len(x)) < 0.5
+    flip = torch.rand(len(x), device=x.device) < 0.5
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
 def random_translate(x: torch.Tensor, max_shift: int, fill: str = "replicate") -> torch.Tensor:
     """Shift each sample of float (N, C, H, W) by its own random offset in [-max_shift, max_shift]^2,
-    filling with the replicated border (`fill="replicate"`, for photos) or zeros (`"zeros"`, for ink on a blank
-    page)."""
-    if fill not in ("replicate", "zeros"):
-        raise ValueError(f"fill must be 'replicate' or 'zeros', not {fill!r}")
+    filling with the replicated border (`fill="replicate"`, for photos), its mirror image (`"reflect"`, as
+    airbench does) or zeros (`"zeros"`, for ink on a blank page)."""
+    if fill not in ("replicate", "reflect", "zeros"):
+        raise ValueError(f"fill must be 'replicate', 'reflect' or 'zeros', not {fill!r}")
     if max_shift == 0:
         return x
     n, _, h, w = x.shape
-    padded = F.pad(x, (max_shift,) * 4, mode="constant" if fill == "zeros" else "replicate")
-    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n))
-    rows, cols = dy[:, None] + torch.arange(h), dx[:, None] + torch.arange(w)
+    padded = F.pad(x, (max_shift,) * 4, mode="constant" if fill == "zeros" else fill)
+    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n), device=x.device)
+    rows = dy[:, None] + torch.arange(h, device=x.device)
+    cols = dx[:, None] + torch.arange(w, device=x.device)
     # advanced indices around a slice: the result comes out as (N, H, W, C)
-    return padded[torch.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    samples = torch.arange(n, device=x.device)[:, None, None]
+    return padded[samples, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
-def flip_and_shift(max_shift: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def flip_and_shift(max_shift: int, fill: str = "replicate") -> Callable[[torch.Tensor], torch.Tensor]:
     """The standard light augmentation: random mirror, then a random shift of up to `max_shift` pixels."""
-    return lambda x: random_translate(random_flip(x), max_shift)
+    return lambda x: random_translate(random_flip(x), max_shift, fill)
 
 
 class ArrayLoader:

@@ -156,15 +156,17 @@ def _labels(targets) -> torch.Tensor:
     return targets[0] if isinstance(targets, (tuple, list)) else targets
 
 
-def _train_epoch(model, loader, optimizer, loss_fn, device, scheduler=None, clip_grad_norm=None) -> dict:
+def _train_epoch(model, loader, optimizer, loss_fn, device, scheduler=None, clip_grad_norm=None,
+                 autocast: torch.dtype | None = None) -> dict:
     model.train()
     total_loss, correct, seen, started = 0.0, 0, 0, time.perf_counter()
     for inputs, targets in loader:
         inputs, targets = inputs.to(device), _to_device(targets, device)
         labels = _labels(targets)
         optimizer.zero_grad(set_to_none=True)
-        logits = model(inputs)
-        loss = loss_fn(logits, targets)
+        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+            logits = model(inputs)
+            loss = loss_fn(logits, targets)
         loss.backward()
         if clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
@@ -198,6 +200,7 @@ def fit(
     checkpoint_every: int = 1,
     eval_every: int = 1,
     device=None,
+    autocast: torch.dtype | None = None,
     progress: bool = True,
 ) -> list[dict]:
     """Train `model` in place and return its per-epoch history.
@@ -209,7 +212,8 @@ def fit(
     scores validation, every `eval_every` epochs and after the last (early stopping and ReduceLROnPlateau
     need every epoch). `clip_grad_norm` clips the gradients' global norm before every step. With
     `swa`, the returned `model` holds the averaged weights and the last history row carries their
-    validation metrics under `swa_*`.
+    validation metrics under `swa_*`. `autocast` (e.g. torch.bfloat16) runs the training forward passes in
+    that precision; validation stays in fp32.
     """
     plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     if eval_every > 1 and (early_stopping or plateau):
@@ -247,7 +251,8 @@ def fit(
         in_swa = swa is not None and epoch >= swa.start_epoch
         batch_scheduler = scheduler if scheduler_per_batch and not in_swa else None
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-        row |= _train_epoch(model, train_loader, optimizer, loss_fn, device, batch_scheduler, clip_grad_norm)
+        row |= _train_epoch(model, train_loader, optimizer, loss_fn, device, batch_scheduler, clip_grad_norm,
+                            autocast)
         if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
             row |= {f"val_{k}": v for k, v in evaluate(model, val_loader, eval_loss_fn, metrics, device).items()}
         if in_swa:

@@ -49,7 +49,15 @@ def test_random_translate_fills_with_the_border_or_with_zeros():
     assert (replicated > 6).any() and (zeros <= 6).all()  # the replicated edge smears in; zeros bring no ink
     assert (zeros == 0).any() and (replicated >= zeros).all()  # same offsets: replicating only adds ink here
     with pytest.raises(ValueError, match="fill must be"):
-        random_translate(x, 2, fill="reflect")
+        random_translate(x, 2, fill="wrap")
+
+
+def test_reflect_fill_mirrors_the_border_without_repeating_it():
+    row = torch.arange(4.0).view(1, 1, 1, 4).expand(1, 1, 4, 4)
+    torch.manual_seed(0)
+    shifted = [random_translate(row, 1, fill="reflect")[0, 0, 0].tolist() for _ in range(40)]
+    allowed = [[1.0, 0.0, 1.0, 2.0], [0.0, 1.0, 2.0, 3.0], [1.0, 2.0, 3.0, 2.0]]  # shifts of -1, 0, +1 px
+    assert all(s in allowed for s in shifted) and all(a in shifted for a in allowed)
 
 
 def test_flip_and_shift_keeps_the_shape_and_the_content_sum_of_a_centred_blob():

@@ -81,7 +81,7 @@ def test_train_learns_a_separable_toy_problem_and_resumes_as_finished(tmp_path):
     labels = rng.integers(0, 2, 64)
     images = np.where(labels[:, None, None, None] == 1, 200, 40).astype(np.uint8) * np.ones((1, 32, 32, 3), np.uint8)
     arrays = ImageArrays(images, labels, [str(i) for i in range(64)], ["a", "b"])
-    data = {"train": arrays, "test": arrays}
+    data = {"train": arrays, "val": arrays, "test": arrays}
     config = common.make_config("plain_cnn", epochs=3, batch_size=16, optimizer="adamw", lr=1e-3, augmentation="none")
     _, history = common.train(config, tmp_path / "run", data)
     assert history[-1]["val_accuracy"] == 1.0
@@ -90,40 +90,74 @@ def test_train_learns_a_separable_toy_problem_and_resumes_as_finished(tmp_path):
 
 
 def test_identical_recipes_share_one_run_and_different_ones_do_not():
-    architecture = common.architecture_configs(smoke=False)[list(common.ARCHITECTURES).index("resnet20")]
-    sgd = common.optimizer_configs("resnet20", {"sgd_nesterov": 0.1}, smoke=False)[0]
-    assert architecture == sgd  # same folder under runs/: the optimizer study reuses the comparison's run
+    architecture = common.architecture_configs(smoke=False)[2 * list(common.ARCHITECTURES).index("resnet20")]
+    flip_crop = common.augmentation_configs("resnet20", False)[2 * common.Augment.POLICIES.index("flip_crop")]
+    assert architecture == flip_crop  # same folder under runs/: the augmentation study reuses the comparison's run
     names = [c["name"] for c in common.augmentation_configs("resnet20", False)
              + common.learning_rate_configs("resnet20", False)]
     assert len(set(names)) == len(names)
 
 
-def test_equal_budget_and_smoke_configs():
-    assert common.make_config("vgg")["epochs"] == common.EQUAL_TIME_EPOCHS["vgg"]
-    ablation = common.augmentation_configs("vgg", False)[0]
-    assert ablation["epochs"] == common.ABLATION_BUDGETS * common.EQUAL_TIME_EPOCHS["vgg"]
+def test_study_configs_share_one_length_and_two_seeds():
+    configs = common.architecture_configs(False) + common.augmentation_configs("vgg", False)
+    assert {c["epochs"] for c in configs} == {common.STUDY_EPOCHS}
+    assert [c["seed"] for c in configs[:2]] == list(common.STUDY_SEEDS)
+    assert {c["epochs"] for c in common.learning_rate_configs("vgg", False)} == {common.SWEEP_EPOCHS}
     smoke = common.make_config("vgg", smoke=True, epochs=7)
     assert smoke["epochs"] == 1 and smoke["smoke"] and smoke["name"].endswith("-1ep-s0")
     assert common.make_config("resnet20", optimizer="adamw")["weight_decay"] == common.WEIGHT_DECAY["adamw"]
+    assert common.upstream_configs(smoke=True) == [] and len(common.upstream_configs(smoke=False)) == 3
 
 
-def test_best_configs_keep_the_recipe_and_change_only_budget_and_seed():
-    recipe = common.make_config("airbench", optimizer="adamw", lr=3e-3) | {"augmentation": "flip_crop_cutout"}
-    runs = common.best_configs(recipe, seeds=(0, 1))
-    assert [r["seed"] for r in runs] == [0, 1]
-    for run in runs:
-        assert run["epochs"] == common.BEST_BUDGETS * common.EQUAL_TIME_EPOCHS["airbench"]
-        assert {k: run[k] for k in ("optimizer", "lr", "augmentation", "weight_decay")} == {
-            "optimizer": "adamw", "lr": 3e-3, "augmentation": "flip_crop_cutout", "weight_decay": 5e-2}
-        assert run["name"] == common.make_config(**{k: run[k] for k in run if k not in ("name", "smoke")})["name"]
+def test_validation_split_holds_out_the_same_images_of_every_class():
+    labels = np.repeat(np.arange(3), 10)
+    arrays = ImageArrays(np.arange(30, dtype=np.uint8).reshape(30, 1, 1), labels, [str(i) for i in range(30)],
+                         ["a", "b", "c"])
+    train, val = common.split_validation(arrays, 4)
+    assert np.bincount(val.labels).tolist() == [4, 4, 4] and len(train) == 18
+    assert not set(train.paths) & set(val.paths) and sorted(train.paths + val.paths, key=int) == arrays.paths
+    assert common.split_validation(arrays, 4)[1].paths == val.paths  # fixed: every run holds out the same images
 
 
-def test_seconds_to_accuracy_counts_training_time_up_to_the_first_epoch_at_target():
-    history = [{"train_seconds": 10.0, "val_accuracy": 0.5}, {"train_seconds": 12.0, "val_accuracy": 0.91},
-               {"train_seconds": 11.0, "val_accuracy": 0.89}]
-    assert common.seconds_to_accuracy(history, 0.9) == 22.0
-    assert common.seconds_to_accuracy(history, 0.5) == 10.0
-    assert common.seconds_to_accuracy(history, 0.95) is None
+def _row(name, val, test, seed=0, **extra):
+    config = {"name": f"{name}-s{seed}", "architecture": "airbench96", "seed": seed, "epochs": 40,
+              "tta": "flip_translate", "optimizer": "sgd_nesterov", "lr": 0.1, "augmentation": "flip_crop",
+              "smoke": False}
+    return {"config": config, "val_accuracy": val - 0.01, "val_tta_accuracy": val, "accuracy": test - 0.01,
+            "tta_accuracy": test, "macro_f1": test, "train_seconds": 20.0, "hardware": "gpu",
+            "train_images_per_second": 1000.0 * (seed + 1), "predictions": np.zeros(4, np.uint8)} | extra
+
+
+def test_choices_read_validation_never_test():
+    a = [_row("a", 0.90, 0.80, 0), _row("a", 0.92, 0.80, 1)]
+    b = [_row("b", 0.89, 0.99, 0), _row("b", 0.90, 0.99, 1)]
+    assert common.best_recipe([*a, *b], key="val_tta_accuracy") == a  # mean 0.91 > 0.895, whatever test says
+    assert common.choose_final({"a": a, "b": b}) == "a"
+    assert common.shipped_run(a) is a[1]
+    assert list(common.by_recipe([a[0], b[0], a[1]])) == ["a", "b"]
+
+
+def test_ensemble_averages_its_members_probabilities(tmp_path, monkeypatch):
+    labels = np.array([0, 1, 2, 3])
+    arrays = ImageArrays(np.zeros((4, 32, 32, 3), np.uint8), labels, list("wxyz"), common.CLASSES)
+    monkeypatch.setattr(common, "study_data", lambda smoke: {"train": arrays, "val": arrays, "test": arrays})
+    members = [common.make_config("plain_cnn", seed=seed, smoke=True) | {"tta": "flip"} for seed in (0, 1)]
+    right, wrong = np.eye(10)[labels], np.eye(10)[(labels + 1) % 10]
+    for member, first in zip(members, (right * 0.6 + wrong * 0.4, right * 0.3 + wrong * 0.7)):
+        folder = common.experiment_folder(tmp_path, member)
+        folder.mkdir()
+        for split in ("val", "test"):
+            np.save(folder / f"{split}_probabilities.npy", np.stack([first, first]))
+    config = common.ensemble_config(members)
+    result = common.ensemble_run(config, common.experiment_folder(tmp_path, config))
+    assert result["accuracy"] == 0.0 and result["val_tta_accuracy"] == 0.0  # mean 0.45 right vs 0.55 wrong
+    assert result["tta_confidence"].tolist() == [55] * 4 and config["name"].endswith("-ensemble-of-2")
+
+
+def test_speed_and_accuracy_takes_the_fastest_run_and_the_mean_accuracy():
+    runs = [_row("a", 0.9, 0.93, 0), _row("a", 0.9, 0.95, 1)]
+    assert common.speed_and_accuracy(runs) == pytest.approx(
+        {"test_accuracy": 0.94, "seeds": 2, "images_per_second": 2000.0})
 
 
 def test_architecture_costs_reports_size_compute_speed_and_latency():
@@ -135,8 +169,8 @@ def test_architecture_costs_reports_size_compute_speed_and_latency():
 
 def test_p_values_against_best_are_one_for_the_best_and_small_for_a_clearly_worse_run():
     labels = np.arange(200) % 10
-    good = {"accuracy": 0.95, "predictions": np.where(np.arange(200) < 190, labels, (labels + 1) % 10)}
-    bad = {"accuracy": 0.70, "predictions": np.where(np.arange(200) < 140, labels, (labels + 1) % 10)}
+    good = {"val_accuracy": 0.95, "predictions": np.where(np.arange(200) < 190, labels, (labels + 1) % 10)}
+    bad = {"val_accuracy": 0.70, "predictions": np.where(np.arange(200) < 140, labels, (labels + 1) % 10)}
     p_good, p_bad = common.p_values_against_best([good, bad], labels)
     assert p_good == 1.0 and p_bad < 1e-10
 
@@ -177,12 +211,12 @@ def airbench94_with_lookahead(seed: int = 0):
     return model, lookahead
 
 
-def test_lookahead_ends_each_epoch_on_its_average_and_resumes_exactly():
+def test_lookahead_ends_training_on_its_average_and_resumes_exactly():
     model, lookahead = airbench94_with_lookahead()
     airbench94_steps(model, lookahead, 3)
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in lookahead.average.items())
     saved_model, saved_optimizer = copy.deepcopy(model.state_dict()), copy.deepcopy(lookahead.state_dict())
-    airbench94_steps(model, lookahead, 3, seed=1)
+    airbench94_steps(model, lookahead, 3, seed=1)  # the last of the 2 x 3 steps
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in lookahead.average.items())
 
     resumed, resumed_lookahead = airbench94_with_lookahead(seed=5)
     resumed.load_state_dict(saved_model)
@@ -222,7 +256,7 @@ def test_airbench96_adds_a_residual_pair_to_every_stage():
 @pytest.mark.parametrize("architecture,has_cutout", [("airbench94", False), ("airbench96", True)])
 def test_published_augmentation_cuts_out_only_where_the_recipe_does(architecture, has_cutout):
     torch.manual_seed(0)
-    x = torch.rand(16, 3, 32, 32) + 0.1  # no zeros before augmentation; replicated borders add none
+    x = torch.rand(16, 3, 32, 32) + 0.1  # no zeros before augmentation; reflected borders add none
     out = common.published_augmentation(common.published_config(architecture))(x)
     assert out.shape == x.shape and bool((out == 0).any()) == has_cutout
 
@@ -299,7 +333,8 @@ def test_export_writes_a_predictor_that_loads_from_its_folder_alone(tmp_path):
     save_half(common.build("plain_cnn"), tmp_path / "checkpoints" / common.WEIGHTS)
     (tmp_path / "results.json").write_text(json.dumps({
         "best_model": "plain_cnn-s0", "best_recipe": {"architecture": "plain_cnn", "tta": "flip"},
-        "data": "toy", "profile": "smoke"}))
+        "shipped": {"hardware": "CPU", "train_seconds": 1.0, "val_tta_accuracy": 0.5, "accuracy": 0.4,
+                    "tta_accuracy": 0.5}, "data": "toy", "profile": "smoke"}))
     manifest = json.loads(common.export_predictor(tmp_path / "checkpoints", smoke=True).read_text())
     assert manifest["smoke"] and manifest["model"]["parameters"] == parameter_count(common.build("plain_cnn"))
     loaded = common.load_predictor(tmp_path / "checkpoints")
@@ -327,31 +362,36 @@ def test_demo_images_are_small_committed_test_images():
     assert all(load_image(p).shape == (32, 32, 3) for p in files)
 
 
-def _row(name, accuracy, tta, epochs=10, optimizer="sgd_nesterov", hardware="cpu"):
-    return {"config": {"name": name, "architecture": "airbench", "epochs": epochs, "optimizer": optimizer, "lr": 0.1,
-                       "seed": 0, "smoke": False}, "accuracy": accuracy, "tta_accuracy": tta, "macro_f1": accuracy,
-            "train_seconds": 600.0, "hardware": hardware, "train_images_per_second": 100.0}
-
-
-def test_summarize_scores_each_recipe_with_its_own_test_time_augmentation():
+def test_summarize_reports_the_choices_made_on_validation():
     import pandas as pd
 
-    final = [_row("airbench96-74ep-s0", 0.92, 0.93, 74, hardware="gpu"), _row("airbench96-74ep-s1", 0.91, 0.95, 74)]
+    single = [_row("airbench96-40ep", 0.93, 0.93, seed) for seed in (0, 1, 2)]
+    single[1]["val_tta_accuracy"] = 0.94
+    ensemble = _row("airbench96-40ep-ensemble-of-3", 0.95, 0.94)
+    study = [_row(f"{name}-flip_crop", 0.8, 0.8, seed) | {"config": {
+        "name": f"{name}-flip_crop-s{seed}", "architecture": name, "seed": seed, "epochs": common.STUDY_EPOCHS,
+        "augmentation": "flip_crop", "optimizer": "sgd_nesterov", "lr": 0.1}} for name in common.ARCHITECTURES
+        for seed in (0, 1)]
+    sweep = [_row("vgg-sweep", 0.7, 0.7) | {"config": {"name": f"vgg-{o}-s0", "optimizer": o, "lr": lr, "epochs": 4}}
+             for o, lr in (("adam", 1e-3), ("adam", 3e-3))]
+    everything = {
+        "study": {"architectures": study, "architecture": "vgg", "augmentations": study[2:4],
+                  "augmentation": "flip_crop", "sweep": sweep, "learning_rates": {"adam": 3e-3}, "best": study[2:4]},
+        "published": {"airbench94": [_row("airbench94-10ep", 0.9, 0.9, s) for s in (0, 1)], "airbench96": single},
+        "upstream": [_row("upstream-airbench96", 0.93, 0.931) | {"config": {
+            "name": "upstream-airbench96-s0", "architecture": "airbench96", "epochs": 40}}],
+        "ensemble": ensemble, "baseline": _row("plain_cnn", 0.74, 0.74)}
     costs = pd.DataFrame({"params": 1, "MACs per image": 2, "latency ms (1 thread)": 0.5},
                          index=list(common.ARCHITECTURES))
-    results = common.summarize(
-        profile="full", smoke=False, best_architecture="airbench", final_runs=final, final_tta="flip_translate",
-        best_runs=[_row("s0", 0.86, 0.87), _row("s1", 0.88, 0.89)], use_tta=True,
-        published_runs=[_row("airbench94-10ep-s0", 0.90, 0.91), _row("airbench94-20ep-s0", 0.91, 0.92, 20)],
-        gpu_runs=final, cpu_hours={74: 7.8}, baseline={"accuracy": 0.74}, costs=costs,
-        architecture_runs=[_row(name, 0.5, 0.5) for name in common.ARCHITECTURES],
-        augmentation_runs=[_row(policy, 0.6, 0.6) for policy in common.Augment.POLICIES],
-        optimizer_runs=[_row("o", 0.7, 0.7, optimizer=name) for name in ("adam", "sgd_nesterov")])
-    assert results["best_test_accuracy_mean"] == pytest.approx(0.94)
-    assert results["best_test_accuracy_std"] == pytest.approx(np.std([0.93, 0.95], ddof=1))
-    assert results["study_recipe_test_accuracy"] == pytest.approx({"mean": 0.88, "std": np.std([0.87, 0.89], ddof=1),
-                                                                   "seeds": 2, "tta": "flip"})
-    assert results["airbench94"][20]["tta_accuracy"] == 0.92 and results["best_recipe"]["tta"] == "flip_translate"
-    assert results["headline"]["best trained on the 2-core CPU"] == "0.9200 (airbench94-20ep-s0, 10 min)"
-    assert results["headline"]["baseline"] == "0.7400 (plain CNN, 10 epochs)"
-    assert len(results["architectures"]) == len(common.ARCHITECTURES) and results["profile"] == "full"
+    results = common.summarize(profile="full", smoke=False, everything=everything, costs=costs, cpu_hours=5.0)
+    assert results["final_model"]["name"] == "airbench96 ensemble of 3 (port)"
+    assert results["selected_on"] == "validation"
+    assert results["best_model"] == "airbench96-40ep-s1" and results["best_recipe"]["tta"] == "flip_translate"
+    assert results["airbench96_test_accuracy"]["mean"] == pytest.approx(0.93)
+    assert results["upstream_airbench"] == {"airbench96": pytest.approx(
+        {"test_accuracy": 0.931, "seeds": 1, "images_per_second": 1000.0})}
+    assert "airbench94" not in results["upstream_airbench"] and results["port"]["airbench96"]["seeds"] == 3
+    assert results["optimizers"] == {"adam": {"lr": 3e-3, "epochs": 4, "val_accuracy": pytest.approx(0.69)}}
+    assert [a["seeds"] for a in results["architectures"]] == [2] * len(common.ARCHITECTURES)
+    assert results["headline"]["baseline"] == "0.7300 (plain CNN, 10 epochs)"
+    assert results["headline"]["equal-epoch study"].startswith("0.7900 (vgg, the best of 6 architectures on validation")
