@@ -29,7 +29,7 @@ from mlkit.train import FlipAveraged, fit, load_half, load_state, parameter_coun
 
 RECIPE = {  # the shipped model: airbench96 (Keller Jordan's airbench, 96% variant), ported to PyTorch here;
     # every value as in the `airbench` package (0.1.8), which the notebook's section 4 trains beside the port
-    "architecture": "airbench96",  # widths 128-512-512, two extra conv layers per stage around a skip connection
+    "architecture": "airbench96",  # widths 128-512-512, a third conv layer per stage, a skip around the last two
     "epochs": 40,
     "batch_size": 1024, "optimizer": "sgd_nesterov", "momentum": 0.85,
     "lr": 9.0, "weight_decay": 0.0153,  # per 1,024 examples (airbench's parametrisation, independent of momentum)
@@ -227,8 +227,8 @@ ARCHITECTURES = {"plain_cnn": plain_cnn, "vgg": vgg, "resnet20": resnet, "mobile
 
 
 def build(name: str) -> nn.Module:
-    """One of the study's ARCHITECTURES, or a published airbench network (sections 5 and 6), taking RGB in
-    [0, 1]."""
+    """One of the study's ARCHITECTURES, or a published airbench network (the notebook's section 4), taking RGB
+    in [0, 1]."""
     factories = ARCHITECTURES | {"airbench94": airbench94, "airbench96": airbench96}
     if name not in factories:
         raise ValueError(f"architecture must be one of {sorted(factories)}, not {name!r}")
@@ -283,7 +283,7 @@ def make_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float) 
                lr=lr, **extra)
 
 
-STUDY_EPOCHS = 15  # every run of sections 2-3: the same length for all, long enough for the best to pass 90%
+STUDY_EPOCHS = 15  # every run of sections 2-3: the same length for all
 SWEEP_EPOCHS = 4  # the learning-rate sweep's runs
 STUDY_SEEDS = (0, 1)
 VALIDATION_PER_CLASS = 500  # 5,000 training images held out of every run: all choices are made on them
@@ -551,7 +551,7 @@ def airbench_optimizer(model: nn.Module, config: dict, steps_per_epoch: int):
     return Lookahead(sgd, model, total, start_step=three_epochs), scheduler
 
 
-# The published hyper-parameters that differ between the two nets: epochs (9.9 and 37 there; whole epochs
+# The published hyper-parameters that differ between the two nets: epochs (upstream: 9.9 and 40; whole epochs
 # here), learning rate and weight decay per 1,024 examples, training shifts (px), cutout (px), the schedule's
 # warm-up fraction and final multiplier.
 PUBLISHED_RECIPES = {
@@ -670,7 +670,7 @@ def ensemble_run(config: dict, run_dir: Path) -> dict:
 def upstream_run(config: dict, run_dir: Path) -> dict:
     """Train the `airbench` package itself (`pip install airbench`; it needs a CUDA GPU) on this study's
     arrays, with its own loader, augmentation and defaults, timed like the port (wall clock of training,
-    whitening included, evaluation excluded): the port's reference in section 6."""
+    whitening included, evaluation excluded): the port's reference in section 4."""
     import tempfile
 
     import airbench
@@ -773,11 +773,11 @@ def preprocess(path) -> torch.Tensor:
 # ---------------------------------------------------------------- results.json
 
 def final_candidates(everything: dict) -> dict[str, list[dict]]:
-    """The recipes section 7 chooses from, each with its seeds (the ensemble as one run)."""
+    """The recipes the notebook's section 5 chooses from, each with its seeds (the ensemble as one run)."""
     study = everything["study"]["best"]
-    return {f"study: {recipe_name(study[0])}": study, "airbench94 (port)": everything["published"]["airbench94"],
-            "airbench96 (port)": everything["published"]["airbench96"],
-            "airbench96 ensemble of 3 (port)": [everything["ensemble"]]}
+    return {f"study: {recipe_name(study[0])}": study, "airbench94 port": everything["published"]["airbench94"],
+            "airbench96 port": everything["published"]["airbench96"],
+            "airbench96 port, ensemble of its 3 seeds": [everything["ensemble"]]}
 
 
 def choose_final(candidates: dict[str, list[dict]]) -> str:

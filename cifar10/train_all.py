@@ -24,7 +24,7 @@ if __name__ == "__main__":
     everything = common.train_everything(args.out / "runs", args.smoke, records=args.out / "records",
                                          workers=args.workers)
     study = everything["study"]
-    rows = [r for phase in ("architectures", "augmentations", "sweep", "optimizers") for r in study[phase]]
+    rows = [r for phase in ("architectures", "augmentations", "sweep") for r in study[phase]]
     rows += [r for runs in everything["published"].values() for r in runs] + everything["upstream"]
     for row in rows + [everything["ensemble"], everything["baseline"]]:
         print(f"{row['config']['name']}: val {row['val_accuracy']:.4f}/{row['val_tta_accuracy']:.4f}, test "

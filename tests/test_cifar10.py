@@ -384,7 +384,7 @@ def test_summarize_reports_the_choices_made_on_validation():
     costs = pd.DataFrame({"params": 1, "MACs per image": 2, "latency ms (1 thread)": 0.5},
                          index=list(common.ARCHITECTURES))
     results = common.summarize(profile="full", smoke=False, everything=everything, costs=costs, cpu_hours=5.0)
-    assert results["final_model"]["name"] == "airbench96 ensemble of 3 (port)"
+    assert results["final_model"]["name"] == "airbench96 port, ensemble of its 3 seeds"
     assert results["selected_on"] == "validation"
     assert results["best_model"] == "airbench96-40ep-s1" and results["best_recipe"]["tta"] == "flip_translate"
     assert results["airbench96_test_accuracy"]["mean"] == pytest.approx(0.93)
