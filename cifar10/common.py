@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from mlkit.batches import ArrayLoader, channels_first, flip_and_shift
 from mlkit.cost import latency_ms, torch_predictor, training_throughput
 from mlkit.datasets import DATA_ROOT, prepare
-from mlkit.experiments import cached_array, run_all, trained_on
+from mlkit.experiments import cached_array, record_hardware, run_all, trained_on
 from mlkit.experiments import run_dir as experiment_folder
 from mlkit.images import ImageArrays, list_files, load_class_folders, load_image, predict_files, write_demo_folder
 from mlkit.metrics import accuracy, macro_f1, mcnemar_p_value, mean_std
@@ -682,7 +682,7 @@ def upstream_run(config: dict, run_dir: Path) -> dict:
         for split in ("train", "test"):  # upstream reads <folder>/<split>.pt and its test set from ./cifar10
             arrays = data[split]
             torch.save({"images": torch.as_tensor(arrays.images), "labels": torch.as_tensor(arrays.labels),
-                        "classes": CLASSES}, Path(folder) / f"{'train' if split == 'train' else 'test'}.pt")
+                        "classes": CLASSES}, Path(folder) / f"{split}.pt")
         (Path(folder) / "cifar10").symlink_to(folder)
         work = Path.cwd()
         os.chdir(folder)
@@ -705,8 +705,7 @@ def upstream_run(config: dict, run_dir: Path) -> dict:
                              for split, loader in loaders.items()}
         finally:
             os.chdir(work)
-    (run_dir / "hardware.txt").parent.mkdir(parents=True, exist_ok=True)
-    (run_dir / "hardware.txt").write_text(torch.cuda.get_device_name())
+    record_hardware(run_dir, torch.device("cuda"))
     return scores(config, data, probabilities) | {
         "train_seconds": train_seconds, "hardware": trained_on(run_dir),
         "train_images_per_second": len(data["train"]) * config["epochs"] / train_seconds}
@@ -811,8 +810,7 @@ def summarize(*, profile: str, smoke: bool, everything: dict, costs: pd.DataFram
     by_variant = {variant: [r for r in upstream if r["config"]["architecture"] == variant] for variant in published}
     study_mean = {name: float(np.mean([r["accuracy"] for r in runs]))
                   for name, runs in by_recipe(study["architectures"]).items()}
-    chosen_study = float(np.mean([r["accuracy"] for r in study["architectures"]
-                                  if r["config"]["architecture"] == study["architecture"]]))
+    chosen_study = study_mean[recipe_name(best_recipe(study["architectures"])[0])]
     baseline = everything["baseline"]
     return {
         "dataset": "cifar10_jpeg_q75",
