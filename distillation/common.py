@@ -25,16 +25,21 @@ from mlkit.models import conv_bn
 from mlkit.predictors import named_files, read_manifest, write_manifest
 from mlkit.pretrained import CHECKPOINTS as PRETRAINED_CACHE
 from mlkit.pretrained import RESNET152, mobilenet_v2_features, resnet152
-from mlkit.results import load_results
+from mlkit.results import ROOT, load_results
 from mlkit.runtime import atomic_path, seed_everything
-from mlkit.train import fit, load_state
+from mlkit.train import fit, load_state, save_half
 
-RECIPE = {  # the shipped student: the compact CNN distilled from the master, deployed as int8 ONNX
-    "student": "cnn",  # `CompactCNN` (width 24) at 64 px, 0.97 M parameters: of the int8 exports that agree with
-    # their fp32 model on >= 99% of the test images (MobileNet's did not), the best on validation
-    "temperature": 4, "alpha": 0.9,  # soft targets at T = 4 weigh 0.9, the labels 0.1 (swept for MobileNet only)
+RECIPE = {  # the deployed student, every choice made on validation by the Challenge notebook
+    "student": "cnn", "width": 16,  # `CompactCNN` at 64 px: the smallest width within 1 pt of the master (431 K)
+    "temperature": 4, "alpha": 0,  # no distillation: the labels-only runs beat the distilled ones (3 seeds each)
+    "seed": 1,  # of the 3 seeds of that setting, the best on validation
     "epochs": 20, "lr": 3e-3, "weight_decay": 5e-4, "batch_size": 64,  # AdamW, one-cycle, from scratch
 }
+CNN_WIDTHS = (4, 8, 16)  # CompactCNN widths of the sweep: 27 K, 108 K and 431 K parameters (about 1,674 x width^2)
+SWEEP_DISTILLATION = (4, 0.9)  # (T, alpha) of every distilled run: the conventional setting (not tuned: CPU budget)
+SEEDS = (0, 1, 2)  # the chosen width, distilled and not, is trained with each
+WITHIN_MASTER = 0.01  # the compact student: the smallest width within 1 pt of the master's validation accuracy
+INT8_TOLERANCE = 0.005  # the quantisation gate: int8 validation accuracy at most 0.5 pt below the fp32 model's
 IMAGE_SIZE = 150  # the dataset's native size, and the master's input (as in the starter)
 CACHE = DATA_ROOT / "cache" / "distillation"
 
@@ -211,6 +216,27 @@ def master_config(smoke: bool) -> dict:
             "smoke": smoke}
 
 
+def run_master(config: dict, run_dir: Path) -> dict:
+    """The starter's master: the frozen backbone's features of every image (cached), then its head trained
+    (`train_master_head`); returns the history, the head's weights and the logits of every training image
+    (the teacher's soft targets) and test image, fp16 (what a record keeps)."""
+    data = profile_data(config["smoke"])
+    features = master_features(Master(config["num_classes"], backbone=master_backbone()).backbone, data,
+                               config["smoke"])
+    head, history = train_master_head(config, run_dir, features["train"], data["train"].labels,
+                                      validation_split(data["train"].labels))
+    with torch.no_grad():
+        logits = {f"{split}_logits": head(torch.from_numpy(f)).half().numpy() for split, f in features.items()}
+    return {"config": config, "history": history, "head": {k: v.numpy() for k, v in head.state_dict().items()}} | logits
+
+
+def master_from_record(record: dict, backbone: nn.Module | None = None) -> "Master":
+    """The master with the head a `run_master` result (or its record) holds."""
+    master = Master(len(record["head"]["bias"]), backbone=backbone or master_backbone())
+    master.head.load_state_dict({k: torch.as_tensor(v) for k, v in record["head"].items()})
+    return master.eval()
+
+
 def train_master_head(config: dict, run_dir: Path, features, labels, splits) -> tuple[nn.Linear, list[dict]]:
     """The starter's recipe on cached features: Dense(6) with Adam (lr 1e-3), batch 32, 20 epochs."""
     seed_everything(config["seed"])
@@ -228,10 +254,13 @@ def train_master_head(config: dict, run_dir: Path, features, labels, splits) -> 
 STUDENT_INPUT = {"cnn": 64, "mobilenet": 128}  # input side in pixels, chosen from measured CPU cost
 
 
-def build_student(kind: str, num_classes: int = 6) -> nn.Module:
+def build_student(kind: str, width: int | None = None, num_classes: int = 6) -> nn.Module:
+    """A `CompactCNN` of `width` (kind "cnn") or a `MobileNetStudent` (kind "mobilenet", no width)."""
     if kind not in STUDENT_INPUT:
         raise ValueError(f"student must be one of {sorted(STUDENT_INPUT)}, not {kind!r}")
-    return CompactCNN(num_classes) if kind == "cnn" else MobileNetStudent(num_classes)
+    if kind == "cnn" and not width:
+        raise ValueError("a cnn student needs its width")
+    return CompactCNN(num_classes, width) if kind == "cnn" else MobileNetStudent(num_classes)
 
 
 def student_inputs(kind: str, images, stem: MobileNetStudent | None = None) -> torch.Tensor:
@@ -249,7 +278,7 @@ def train_student(config: dict, run_dir: Path, inputs, labels, teacher, splits) 
     """AdamW with a one-cycle schedule on `inputs` (see `student_inputs`), loss `DistillationLoss`
     (alpha = 0: no distillation); validation loss is plain cross-entropy."""
     seed_everything(config["seed"])
-    student = build_student(config["student"])
+    student = build_student(config["student"], config["width"])
     model = FromStem(student) if config["student"] == "mobilenet" else student
     model.to(memory_format=torch.channels_last)
     train, val = splits
@@ -290,32 +319,95 @@ STUDENT_TRAINING = {  # AdamW with a one-cycle schedule; the CNN trains from scr
 }
 
 
-def make_config(student: str = RECIPE["student"], temperature: float = RECIPE["temperature"],
-                alpha: float = RECIPE["alpha"], teacher: str | None = None, smoke: bool = False, seed: int = 0,
-                **overrides) -> dict:
-    """A student run (by default the shipped one, RECIPE); `teacher` names the cached teacher-logits file
-    (`save_teacher_logits`; its name carries its hash), which a run needs. alpha = 0: no distillation."""
-    name = f"{student}-" + (f"kd-T{temperature:g}-a{alpha:g}" if alpha else "ce") + f"-s{seed}"
-    config = {"name": name, "student": student, "temperature": temperature, "alpha": alpha, "teacher": teacher,
-              "seed": seed, "smoke": smoke} | STUDENT_TRAINING[student] | overrides
+def make_config(student: str = RECIPE["student"], width: int | None = RECIPE["width"],
+                temperature: float = RECIPE["temperature"], alpha: float = RECIPE["alpha"], teacher: str | None = None,
+                smoke: bool = False, seed: int = RECIPE["seed"], **overrides) -> dict:
+    """A student run (by default the deployed one, RECIPE); `teacher` names the cached teacher-logits file
+    (`save_teacher_logits`; its name carries its hash), which a run needs. alpha = 0: no distillation. MobileNet
+    has no width."""
+    width = width if student == "cnn" else None
+    temperature = temperature if alpha else 4  # unused without distillation: one value (the records' hashes hold it)
+    name = f"{student}{width or ''}-" + (f"kd-T{temperature:g}-a{alpha:g}" if alpha else "ce") + f"-s{seed}"
+    config = {"name": name, "student": student, "width": width, "temperature": temperature, "alpha": alpha,
+              "teacher": teacher, "seed": seed, "smoke": smoke} | STUDENT_TRAINING[student] | overrides
     return config | ({"epochs": 1} if smoke else {})
 
 
+def calibration_images(data: dict[str, ImageArrays], smoke: bool) -> np.ndarray:
+    """The int8 calibration set: 256 (smoke: 16) training images outside the validation part, 150x150 uint8."""
+    train, _ = validation_split(data["train"].labels)
+    return data["train"].images[np.sort(np.random.default_rng(1).choice(train, 16 if smoke else 256, replace=False))]
+
+
 def run(config: dict, run_dir: Path) -> dict:
-    """Train (or reload) one student; returns its history, its test logits (end to end, from the test
-    images) and its weights' path."""
+    """Train (or reload) one student, export it to ONNX and quantise it to int8; returns its history, its
+    parameter count and the top-1 classes of the PyTorch (fp32) and the int8 model on the validation and
+    the test images (end to end, from the 150x150 images), and the paths of its weights and int8 file."""
     if not config.get("teacher"):
         raise ValueError("a student run needs the teacher's logits: make_config(teacher=save_teacher_logits(...)), "
                          "as the Challenge notebook's master cell does")
     data = profile_data(config["smoke"])
     labels = torch.as_tensor(data["train"].labels)
     inputs = cached_student_inputs(config["student"], config["smoke"], "train")
-    teacher = torch.from_numpy(np.load(CACHE / config["teacher"]))
+    teacher = torch.from_numpy(np.load(CACHE / config["teacher"]).astype(np.float32))
     splits = validation_split(data["train"].labels)
     student, history = train_student(config, run_dir, inputs, labels, teacher, splits)
-    test_logits = cached_array(run_dir / "test_logits.npy", lambda: student_logits(student, config["student"],
-                                                                             data["test"].images))
-    return {"config": config, "history": history, "test_logits": test_logits, "weights": run_dir / "final.pt"}
+    return {"config": config, "history": history, "parameters": sum(p.numel() for p in student.parameters()),
+            "weights": run_dir / "final.pt"} | int8_predictions(student, config, run_dir, data, with_fp32=True)
+
+
+def int8_predictions(student: nn.Module, config: dict, run_dir: Path, data: dict[str, ImageArrays],
+                     reduce_range: bool = False, with_fp32: bool = False) -> dict:
+    """Export `student` to ONNX, quantise it (`quantize_int8`) into `run_dir/int8.onnx` and return the top-1
+    classes of the int8 model (and, `with_fp32`, of the PyTorch model) on the validation and test images."""
+    side = STUDENT_INPUT[config["student"]]
+    int8 = quantize_int8(export_onnx(student, side, run_dir / "fp32.onnx"), run_dir / "int8.onnx",
+                         resize(calibration_images(data, config["smoke"]), side), reduce_range)
+    session = onnx_session(int8, threads=torch.get_num_threads())
+    images = {"val": data["train"].images[validation_split(data["train"].labels)[1]], "test": data["test"].images}
+    predictions = {"int8": int8}
+    for split, x in images.items():
+        if with_fp32:
+            predictions[f"{split}_pred"] = student_logits(student, config["student"], x).argmax(1).astype(np.uint8)
+        predictions[f"{split}_pred_int8"] = onnx_logits(session, resize(x, side)).argmax(1).astype(np.uint8)
+    return predictions
+
+
+def reduced_range_config(run: dict) -> dict:
+    """The quantisation fallback of a student run whose int8 model fails the gate: 7-bit weights (`quantize_int8`)."""
+    config = run["config"]
+    return {"name": f"{config['name']}-int8-reduced-range", "student_run": run_id(run), "student": config["student"],
+            "width": config["width"], "smoke": config["smoke"]}
+
+
+def run_reduced_range(config: dict, run_dir: Path) -> dict:
+    """Quantise a trained student (its run folder beside `run_dir`) with 7-bit weights; returns
+    the int8 model's top-1 classes on the validation and test images and its path."""
+    weights = run_dir.parent / config["student_run"] / "final.pt"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} is missing (its run came from a record): set RETRAIN = True to train "
+                                "the student again, then quantise it")
+    student = load_student(config["student"], weights, config["width"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return {"config": config} | int8_predictions(student, config, run_dir, profile_data(config["smoke"]),
+                                                 reduce_range=True)
+
+
+def gated(runs: list[dict], fallbacks: list[dict], val_labels) -> list[dict]:
+    """Each student run with the int8 model it deploys, chosen on validation: 8-bit weights when that passes the
+    gate, else its `run_reduced_range` fallback (from `fallbacks`); `int8_recipe` says which, and the
+    8-bit predictions stay as `*_pred_int8_all`."""
+    by_run = {fallback["config"]["student_run"]: fallback for fallback in fallbacks}
+    chosen = []
+    for run in runs:
+        kept = {f"{split}_pred_int8_all": run[f"{split}_pred_int8"] for split in ("val", "test")}
+        if passes_gate(run, val_labels):
+            chosen.append(run | kept | {"int8_recipe": "8-bit weights"})
+        else:
+            fallback = by_run[run_id(run)]
+            chosen.append(run | kept | {key: fallback[key] for key in ("val_pred_int8", "test_pred_int8", "int8")}
+                          | {"int8_recipe": "7-bit weights"})
+    return chosen
 
 
 @torch.no_grad()
@@ -326,9 +418,9 @@ def student_logits(student: nn.Module, kind: str, images) -> np.ndarray:
     return torch.cat([student(x) for x, _ in unlabelled(resized)]).numpy()
 
 
-def load_student(kind: str, weights: Path) -> nn.Module:
+def load_student(kind: str, weights: Path, width: int | None = None) -> nn.Module:
     """A trained student from its run's weights (saved from the `FromStem` wrapper for mobilenet)."""
-    student = build_student(kind)
+    student = build_student(kind, width)
     state = load_state(weights)
     student.load_state_dict({k.removeprefix("student."): v for k, v in state.items()})
     return student.eval()
@@ -355,16 +447,20 @@ class _Calibration:
         return next(self.batches, None)
 
 
-def quantize_int8(fp32_path: Path, int8_path: Path, calibration_images: torch.Tensor) -> Path:
+def quantize_int8(fp32_path: Path, int8_path: Path, calibration_images: torch.Tensor,
+                  reduce_range: bool = False) -> Path:
     """Static post-training quantization: int8 weights (per channel) and activations (QDQ format),
-    activation ranges calibrated on `calibration_images` (uint8, already at the model's input size)."""
+    activation ranges calibrated on `calibration_images` (uint8, already at the model's input size). With
+    `reduce_range` the weights use 7 bits: x86 CPUs without VNNI add uint8 x int8 products in 16 bits, which
+    saturates with full-range weights (ONNX Runtime's quantization guide), and 7 bits cannot."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prepared = fp32_path.with_name(fp32_path.stem + "-prep.onnx")
     quant_pre_process(str(fp32_path), str(prepared))
     quantize_static(str(prepared), str(int8_path), _Calibration(calibration_images), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    reduce_range=reduce_range)
     prepared.unlink()
     return int8_path
 
@@ -383,8 +479,55 @@ def onnx_logits(session, images: torch.Tensor, batch_size: int = 256) -> np.ndar
                            for x, _ in unlabelled(images, batch_size)])
 
 
-def onnx_predictor(session):
-    return lambda x: session.run(None, {"image": x.numpy()})[0]
+def end_to_end(session, side: int):
+    """One decoded image, uint8 (1, 150, 150, 3), to logits with the model's preprocessing inside the call
+    (a student's resize to `side`, the scaling to [0, 1]): what latency compares like for like."""
+    def predict(image):
+        x = to_float(image) if side == IMAGE_SIZE else resize(image, side).float().div(255)
+        return session.run(None, {"image": x.contiguous().numpy()})[0]
+    return predict
+
+
+def exports(model: nn.Module, side: int, folder: Path, name: str, calibration,
+            reduce_range: bool = False) -> dict[str, Path]:
+    """`model` as fp32 ONNX and static int8 ONNX (`quantize_int8`, calibrated on `calibration`, 150x150 uint8)."""
+    fp32 = export_onnx(model, side, Path(folder) / f"{name}-fp32.onnx")
+    return {"fp32": fp32, "int8": quantize_int8(fp32, Path(folder) / f"{name}-int8.onnx", resize(calibration, side),
+                                                reduce_range)}
+
+
+def repository_path(path) -> Path:
+    """A path a run returned: absolute when trained now, relative to the repository root when read from a record."""
+    path = Path(path)
+    return path if path.is_absolute() else ROOT / path
+
+
+def run_id(run: dict) -> str:
+    """A run's folder name (configuration name and hash), also where its result came from a record."""
+    return Path(run["weights"]).parent.name
+
+
+def deploy(run: dict, folder: Path) -> dict[str, Path]:
+    """Put a student run's int8 ONNX and fp16 state dict in `folder` as `<kind>_student_int8.onnx` and
+    `<kind>_student_fp16.pt` (replacing any other student). A run read from a record has no weights here: then
+    the committed files are kept if they are that run's (the ONNX file's "run" metadata names it)."""
+    folder, kind = Path(folder), run["config"]["student"]
+    files = {"int8": folder / f"{kind}_student_int8.onnx", "fp16": folder / f"{kind}_student_fp16.pt"}
+    weights, identity = repository_path(run["weights"]), {"run": run_id(run), "int8_recipe": run["int8_recipe"]}
+    if weights.is_file():
+        for stale in folder.glob("*_student_*"):
+            stale.unlink()
+        files["int8"].write_bytes(repository_path(run["int8"]).read_bytes())
+        write_onnx_metadata(files["int8"], identity)
+        save_half(load_student(kind, weights, run["config"]["width"]), files["fp16"])
+        return files
+    import onnx
+
+    committed = files["int8"].is_file() and {p.key: p.value for p in onnx.load(str(files["int8"])).metadata_props}
+    if not committed or identity.items() - committed.items() or not files["fp16"].is_file():
+        raise FileNotFoundError(f"{folder}: the committed student is not run {run_id(run)} (read from a record, so "
+                                "its weights are not here): set RETRAIN = True to train it again")
+    return files
 
 
 # ---------------------------------------------------------------- new images
@@ -396,33 +539,73 @@ def preprocess(path, side: int = IMAGE_SIZE) -> torch.Tensor:
     return to_float(image)[0] if side == IMAGE_SIZE else resize(image, side)[0].float() / 255
 
 
-def summarize(*, profile: str, cost: pd.DataFrame, best_kind: str, best_run: dict, agreement: dict[str, float],
-              effect: dict[str, dict]) -> dict:
-    """results.json from the Challenge notebook's cost table (one row per exported model, "master" first), the
-    deployed student's kind and run, each export's top-1 agreement with its PyTorch student and the
-    distillation effect per student kind."""
-    deployed = cost.loc[f"{best_kind} int8"]
-    master = cost.loc["master"]
+def accuracy(run: dict, labels, split: str = "val", int8: bool = True) -> float:
+    """A student run's top-1 accuracy on `split` ("val" or "test") from its recorded predictions."""
+    return float((run[f"{split}_pred{'_int8' if int8 else ''}"] == labels).mean())
+
+
+def passes_gate(run: dict, val_labels) -> bool:
+    """The quantisation gate, on validation: int8 at most `INT8_TOLERANCE` below the fp32 model."""
+    return accuracy(run, val_labels) >= accuracy(run, val_labels, int8=False) - INT8_TOLERANCE
+
+
+def choose_width(runs: list[dict], val_labels, master_val: float) -> int:
+    """The compact student's width, on validation: the smallest distilled CompactCNN whose int8 model passes the
+    gate and comes within `WITHIN_MASTER` of the master; if none does, the most accurate one (of all distilled
+    CNNs if none passes the gate)."""
+    distilled = [r for r in runs if r["config"]["student"] == "cnn" and r["config"]["alpha"]]
+    cnn = [r for r in distilled if passes_gate(r, val_labels)] or distilled
+    close = [r for r in cnn if accuracy(r, val_labels) >= master_val - WITHIN_MASTER]
+    chosen = min(close, key=lambda r: r["config"]["width"]) if close else \
+        max(cnn, key=lambda r: accuracy(r, val_labels))
+    return chosen["config"]["width"]
+
+
+def summarize(*, profile: str, cost: pd.DataFrame, deployed: dict, seeds: pd.DataFrame, gate: pd.DataFrame,
+              pareto: list[dict], effect: dict, most_accurate: dict) -> dict:
+    """results.json from the Challenge notebook's tables: `cost` (like for like: rows "master fp32",
+    "master int8", "student fp32", "student int8"), the deployed run, the chosen setting's per-seed table,
+    the quantisation gate (one row per run), the Pareto points, the distillation effect at the deployed
+    width and the most accurate student that passes the gate."""
+    master, student = cost.loc["master fp32"], cost.loc["student int8"]
+
+    def ratios(precision):
+        row_m, row_s = cost.loc[f"master {precision}"], cost.loc[f"student {precision}"]
+        return {"latency_ratio": float(row_m["latency median ms"] / row_s["latency median ms"]),
+                "size_ratio": float(row_m["MB on disk"] / row_s["MB on disk"])}
+
+    like = {precision: ratios(precision) for precision in ("fp32", "int8")}
+    param_ratio = float(master["parameters"] / student["parameters"])
+    config = deployed["config"]
     return {
         "dataset": "intel_q75",
         "profile": profile,
         "data": "Intel Image Classification (offline mirror, JPEG q75): 14,034 train (20% validation), 3,000 test",
         "master_accuracy": float(master["test accuracy"]),
+        "master_int8_accuracy": float(cost.loc["master int8", "test accuracy"]),
         "master_params": int(master["parameters"]),
-        "student": f"{best_kind} ({best_run['config']['name']}), int8 ONNX",
-        "student_accuracy": float(deployed["test accuracy"]),
-        "student_params": int(deployed["parameters"]),
-        "param_ratio": float(deployed["fewer parameters (x)"]),
-        "size_ratio": float(deployed["smaller on disk (x)"]),
-        "latency_ratio": float(deployed["faster (x)"]),
-        "export_agreement": agreement[f"{best_kind} int8"],
+        "student": f"{config['student']}{config['width'] or ''} ({config['name']}), int8 ONNX",
+        "student_run": config["name"], "student_kind": config["student"], "student_width": config["width"],
+        "student_int8_recipe": deployed["int8_recipe"],
+        "student_accuracy": float(student["test accuracy"]),
+        "student_params": int(student["parameters"]),
+        "student_seeds": {f"{metric} {stat}": float(value) for metric, stats in seeds.agg(["mean", "std"]).items()
+                          for stat, value in stats.items()} | {"seeds": len(seeds)},
+        "param_ratio": param_ratio,
+        "like_for_like": like,
         "latency_threads": 1,
-        "distillation_effect": {kind: {k: float(v) for k, v in row.items()} for kind, row in effect.items()},
+        "quantisation_gate_split": "validation",
+        "quantisation_gate": {name: {k: v.item() if hasattr(v, "item") else v for k, v in row.items()}
+                              for name, row in gate.iterrows()},
+        "pareto": pareto,
+        "most_accurate_student": most_accurate,
+        "distillation_effect": effect,
         "models": {name: {k: float(v) for k, v in row.items()} for name, row in cost.iterrows()},
         "headline": {
-            "student vs master accuracy": f"{deployed['test accuracy']:.4f} vs {master['test accuracy']:.4f}",
-            "student cost": f"{deployed['fewer parameters (x)']:.0f}x fewer parameters, "
-                            f"{deployed['smaller on disk (x)']:.0f}x smaller, {deployed['faster (x)']:.0f}x faster",
+            "student vs master accuracy": f"{student['test accuracy']:.4f} vs {master['test accuracy']:.4f}",
+            "student cost": f"{param_ratio:.0f}x fewer parameters; int8 vs int8: {like['int8']['size_ratio']:.0f}x "
+                            f"smaller, {like['int8']['latency_ratio']:.0f}x faster",
+            "most accurate student": f"{most_accurate['name']}: {most_accurate['test accuracy']:.4f}",
         },
     }
 
@@ -519,11 +702,12 @@ def export_predictor(folder=CHECKPOINTS, smoke: bool = False) -> Path:
                              "sha256": RESNET152.sha256, "cache": f"checkpoints/{RESNET152.cache_name}",
                              "first_load": BACKBONE_FIRST_LOAD, "licence": "ResMem licence: non-commercial use"},
                 "test_accuracy": results["master_accuracy"]},
-        student={"kind": kind, "architecture": "CompactCNN(6, width=24)" if kind == "cnn" else
-                 "MobileNetStudent(6, head_width=384)",
+        student={"kind": kind, "architecture": f"CompactCNN(6, width={results['student_width']})" if kind == "cnn"
+                 else "MobileNetStudent(6, head_width=384)",
                  "file": student.name, "bytes": student.stat().st_size,
                  "format": "ONNX, int8 static post-training quantization (QDQ: int8 per-channel weights, uint8 "
-                           "activations), run with onnxruntime (CPUExecutionProvider)",
+                           f"activations; {results['student_int8_recipe']}), run with onnxruntime "
+                           "(CPUExecutionProvider)",
                  "input": {"name": "image", "size": [side, side], "mode": "RGB", "preprocess":
                            f"common.preprocess(path, side={side})", "resize": metadata["preprocess"],
                            "scaling": SCALING[kind]},
@@ -531,12 +715,13 @@ def export_predictor(folder=CHECKPOINTS, smoke: bool = False) -> Path:
                  "onnx_metadata_props": sorted(metadata),
                  "parameters": results["student_params"], "run": results["student"],
                  "test_accuracy": results["student_accuracy"],
-                 "int8_agreement_with_fp32": results["export_agreement"],
+                 "int8_gate": results["quantisation_gate"][results["student_run"]]
+                 | {"split": results["quantisation_gate_split"], "tolerance": INT8_TOLERANCE},
                  "fp16_state_dict": f"{fp16.name} (the PyTorch student before export; not used for prediction)"},
         output={"columns": OUTPUT_COLUMNS, "agree": "whether the master's and the student's top-1 classes are the "
                 "same", "probability": "softmax probability of the model's top-1 class"},
         source={"data": results["data"], "profile": results["profile"],
-                "results": "results.json (master_accuracy, student, student_accuracy, export_agreement)"},
+                "results": "results.json (master_accuracy, student, student_accuracy, quantisation_gate)"},
         smoke=smoke)
 
 

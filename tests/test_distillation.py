@@ -78,9 +78,11 @@ def test_load_student_reads_weights_saved_through_the_stem_wrapper(tmp_path):
     assert torch.allclose(loaded(x), student(x))
 
 
-def test_build_student_rejects_unknown_kinds():
+def test_build_student_rejects_unknown_kinds_and_a_cnn_without_width():
     with pytest.raises(ValueError, match="student must be one of"):
         common.build_student("resnet")
+    with pytest.raises(ValueError, match="needs its width"):
+        common.build_student("cnn")
 
 
 def test_onnx_export_and_int8_quantization_agree_with_torch(tmp_path):
@@ -217,17 +219,143 @@ def test_demo_images_are_small_unlabelled_seg_pred_images():
     assert sum(p.stat().st_size for p in common.DEMO.iterdir()) < 150_000
 
 
-def test_summarize_reports_the_deployed_int8_student_against_the_master():
+def fake_run(name="cnn8-kd-T4-a0.9-s0", width=8, alpha=0.9, val=(1, 1, 1, 0), val_int8=(1, 1, 1, 0)):
+    """A student run's result as `run` returns it, with the predictions a record keeps."""
+    return {"config": {"name": name, "student": "cnn" if width else "mobilenet", "width": width, "alpha": alpha,
+                       "seed": 0, "smoke": False},
+            "parameters": 1674 * (width or 10) ** 2, "weights": f"runs/{name}-abc/final.pt",
+            "val_pred": np.array(val), "val_pred_int8": np.array(val_int8), "test_pred": np.array(val),
+            "test_pred_int8": np.array(val_int8)}
+
+
+def test_make_config_names_the_width_and_ignores_temperature_without_distillation():
+    kd = common.make_config("cnn", 8, 2, 0.5, teacher="t.npy", seed=1)
+    assert kd["name"] == "cnn8-kd-T2-a0.5-s1" and kd["width"] == 8
+    assert common.make_config("cnn", 8, 2, 0, "t.npy") == common.make_config("cnn", 8, 8, 0, "t.npy")
+    mobile = common.make_config("mobilenet", 16, alpha=0, teacher="t.npy", seed=0)
+    assert mobile["name"] == "mobilenet-ce-s0" and mobile["width"] is None
+
+
+def test_built_students_follow_their_width():
+    assert [parameter_count(common.build_student("cnn", w)) for w in common.CNN_WIDTHS] == [27370, 108302, 430870]
+
+
+def test_quantisation_gate_reads_validation_only():
+    labels = np.array([1, 1, 1, 1])
+    assert common.accuracy(fake_run(), labels) == 0.75
+    assert common.passes_gate(fake_run(val=(1, 1, 1, 1), val_int8=(1, 1, 1, 1)), labels)
+    assert not common.passes_gate(fake_run(val=(1, 1, 1, 1), val_int8=(1, 1, 1, 0)), labels)
+    run = fake_run(val=(1, 1, 1, 1), val_int8=(1, 1, 1, 1))
+    run["test_pred_int8"] = np.zeros(4)  # the test set disagrees: the gate does not look at it
+    assert common.passes_gate(run, labels)
+
+
+def test_choose_width_takes_the_smallest_student_within_a_point_of_the_master():
+    labels = np.ones(100, dtype=int)
+
+    def student(width, correct, alpha=0.9, int8_loss=0):
+        val = (np.arange(100) < correct).astype(int)
+        return fake_run(f"cnn{width}", width, alpha, val, (np.arange(100) < correct - int8_loss).astype(int))
+
+    runs = [student(4, 80), student(8, 90), student(16, 95), student(4, 99, alpha=0)]
+    assert common.choose_width(runs, labels, master_val=0.905) == 8  # 0.90 >= 0.905 - 0.01; labels-only cnn4 ignored
+    assert common.choose_width(runs, labels, master_val=0.95) == 16
+    assert common.choose_width(runs, labels, master_val=0.99) == 16  # none close enough: the most accurate
+    assert common.choose_width(runs + [student(4, 99, int8_loss=5)], labels, master_val=0.905) == 8  # gate fails
+
+
+def test_calibration_images_come_from_outside_the_validation_part():
+    images = np.arange(250)[:, None, None, None].repeat(2, 1).astype(np.uint8)
+    labels = np.repeat(np.arange(5), 50)
+    data = {"train": common.ImageArrays(images, labels, [str(i) for i in range(250)], [str(c) for c in range(5)])}
+    chosen = common.calibration_images(data, smoke=True)[:, 0, 0, 0]
+    _, val = common.validation_split(labels)
+    assert len(chosen) == 16 and not set(chosen.tolist()) & set(images[val, 0, 0, 0].tolist())
+
+
+def test_end_to_end_latency_includes_the_resize():
+    class Session:
+        def run(self, _, feeds):
+            self.shape = feeds["image"].shape
+            return [feeds["image"].mean((1, 2, 3))[:, None]]
+
+    session, image = Session(), np.full((1, 150, 150, 3), 255, dtype=np.uint8)
+    assert np.allclose(common.end_to_end(session, 64)(image), 1.0) and session.shape == (1, 3, 64, 64)
+    common.end_to_end(session, common.IMAGE_SIZE)(image)
+    assert session.shape == (1, 3, 150, 150)
+
+
+def test_deploy_writes_a_trained_run_and_keeps_only_the_committed_files_of_the_same_run(tmp_path):
+    run_dir = tmp_path / "runs" / "cnn4-kd-T4-a0.9-s0-abc"
+    run_dir.mkdir(parents=True)
+    student = common.CompactCNN(6, width=4).eval()
+    torch.save(student.state_dict(), run_dir / "final.pt")
+    int8 = common.quantize_int8(common.export_onnx(student, 64, run_dir / "fp32.onnx"), run_dir / "int8.onnx",
+                                torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8))
+    run = {"config": {"student": "cnn", "width": 4}, "weights": str(run_dir / "final.pt"), "int8": str(int8),
+           "int8_recipe": "8-bit weights"}
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / "mobilenet_student_int8.onnx").write_bytes(b"stale")
+    files = common.deploy(run, folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["cnn_student_fp16.pt", "cnn_student_int8.onnx"]
+    assert common.load_student("cnn", files["fp16"], 4)(torch.rand(1, 3, 64, 64)).shape == (1, 6)
+    (run_dir / "final.pt").unlink()  # now as if read from a record on a fresh clone
+    assert common.deploy(run, folder) == files
+    for other in (run | {"weights": str(tmp_path / "runs" / "cnn4-ce-s0-def" / "final.pt")},
+                  run | {"int8_recipe": "7-bit weights"}):
+        with pytest.raises(FileNotFoundError, match="RETRAIN = True"):
+            common.deploy(other, folder)
+
+
+def test_paths_from_records_are_read_from_the_repository_root():
+    assert common.repository_path("distillation/runs/x/final.pt") == ROOT / "distillation" / "runs" / "x" / "final.pt"
+    assert common.repository_path(ROOT / "a") == ROOT / "a"
+
+
+def test_summarize_gives_like_for_like_ratios_and_the_gate_split():
     import pandas as pd
 
-    cost = pd.DataFrame({"test accuracy": [0.90, 0.89, 0.88], "parameters": [6e7, 1e6, 1e6],
-                         "fewer parameters (x)": [1.0, 60.0, 60.0], "smaller on disk (x)": [1.0, 50.0, 230.0],
-                         "faster (x)": [1.0, 150.0, 190.0]}, index=["master", "cnn fp32", "cnn int8"])
-    results = common.summarize(profile="full", cost=cost, best_kind="cnn", best_run={"config": {"name": "cnn-kd"}},
-                               agreement={"cnn int8": 0.995, "cnn fp32": 1.0},
-                               effect={"cnn": {"cross-entropy": 0.87, "distilled": 0.88}})
-    assert results["student"] == "cnn (cnn-kd), int8 ONNX" and results["student_accuracy"] == 0.88
-    assert (results["master_accuracy"], results["size_ratio"], results["export_agreement"]) == (0.90, 230.0, 0.995)
-    assert results["headline"] == {"student vs master accuracy": "0.8800 vs 0.9000",
-                                   "student cost": "60x fewer parameters, 230x smaller, 190x faster"}
-    assert set(results["models"]) == {"master", "cnn fp32", "cnn int8"}
+    cost = pd.DataFrame({"test accuracy": [0.90, 0.89, 0.88, 0.88], "parameters": [6e7, 6e7, 1e5, 1e5],
+                         "MB on disk": [240.0, 60.0, 0.4, 0.12], "latency median ms": [60.0, 20.0, 0.6, 0.4]},
+                        index=["master fp32", "master int8", "student fp32", "student int8"])
+    seeds = pd.DataFrame({"val int8": [0.90, 0.92], "test int8": [0.88, 0.86]})
+    gate = pd.DataFrame({"val fp32": [0.9], "val int8": [0.9], "passes": [True]}, index=["cnn8-kd"])
+    results = common.summarize(profile="full", cost=cost, deployed={"config": {"name": "cnn8-kd", "student": "cnn",
+                                                                                "width": 8},
+                                                                     "int8_recipe": "8-bit weights"},
+                               seeds=seeds, gate=gate, pareto=[], effect={},
+                               most_accurate={"name": "mobilenet-ce-s0", "test accuracy": 0.93})
+    assert results["like_for_like"] == {"fp32": {"latency_ratio": 100.0, "size_ratio": 600.0},
+                                        "int8": {"latency_ratio": 50.0, "size_ratio": 500.0}}
+    assert results["quantisation_gate_split"] == "validation" and results["param_ratio"] == 600.0
+    assert results["student"] == "cnn8 (cnn8-kd), int8 ONNX" and results["student_accuracy"] == 0.88
+    assert results["student_seeds"]["test int8 mean"] == pytest.approx(0.87) and results["student_seeds"]["seeds"] == 2
+    assert results["headline"]["student cost"] == "600x fewer parameters; int8 vs int8: 500x smaller, 50x faster"
+    json.dumps(results)
+
+
+def test_gated_keeps_int8_runs_that_pass_and_swaps_in_the_fallback_for_the_others():
+    labels = np.ones(4, dtype=int)
+    passing = fake_run("cnn8-ce-s0", val=(1, 1, 1, 1), val_int8=(1, 1, 1, 1))
+    failing = fake_run("cnn4-ce-s0", 4, val=(1, 1, 1, 1), val_int8=(0, 0, 1, 1))
+    fallback = {"config": common.reduced_range_config(failing), "val_pred_int8": np.ones(4),
+                "test_pred_int8": np.ones(4), "int8": "runs/fallback/int8.onnx"}
+    kept, swapped = common.gated([passing, failing], [fallback], labels)
+    assert kept["int8_recipe"] == "8-bit weights" and kept["val_pred_int8"] is passing["val_pred_int8"]
+    assert swapped["int8_recipe"] == "7-bit weights" and swapped["int8"] == "runs/fallback/int8.onnx"
+    assert common.passes_gate(swapped, labels) and list(swapped["val_pred_int8_all"]) == [0, 0, 1, 1]
+    assert fallback["config"]["student_run"] == "cnn4-ce-s0-abc"
+
+
+def test_reduce_range_quantizes_weights_to_seven_bits(tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    fp32 = common.export_onnx(common.CompactCNN(6, width=4).eval(), 32, tmp_path / "model.onnx")
+    for reduce_range, limit in ((False, 127), (True, 64)):
+        path = common.quantize_int8(fp32, tmp_path / f"int8-{reduce_range}.onnx", images, reduce_range)
+        weights = [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer if t.data_type == 3]
+        assert weights and max(np.abs(w.astype(int)).max() for w in weights) == limit
