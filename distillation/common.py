@@ -17,6 +17,7 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from mlkit import metrics
 from mlkit.batches import ArrayLoader, flip_and_shift, float_batches, random_translate, resize, to_float, unlabelled
 from mlkit.datasets import DATA_ROOT, prepare
 from mlkit.experiments import cached_array
@@ -361,8 +362,7 @@ def int8_predictions(student: nn.Module, config: dict, run_dir: Path, data: dict
     """Export `student` to ONNX, quantise it (`quantize_int8`) into `run_dir/int8.onnx` and return the top-1
     classes of the int8 model (and, `with_fp32`, of the PyTorch model) on the validation and test images."""
     side = STUDENT_INPUT[config["student"]]
-    int8 = quantize_int8(export_onnx(student, side, run_dir / "fp32.onnx"), run_dir / "int8.onnx",
-                         resize(calibration_images(data, config["smoke"]), side), reduce_range)
+    int8 = exports(student, side, run_dir, "student", calibration_images(data, config["smoke"]), reduce_range)["int8"]
     session = onnx_session(int8, threads=torch.get_num_threads())
     images = {"val": data["train"].images[validation_split(data["train"].labels)[1]], "test": data["test"].images}
     predictions = {"int8": int8}
@@ -541,7 +541,7 @@ def preprocess(path, side: int = IMAGE_SIZE) -> torch.Tensor:
 
 def accuracy(run: dict, labels, split: str = "val", int8: bool = True) -> float:
     """A student run's top-1 accuracy on `split` ("val" or "test") from its recorded predictions."""
-    return float((run[f"{split}_pred{'_int8' if int8 else ''}"] == labels).mean())
+    return metrics.accuracy(labels, run[f"{split}_pred{'_int8' if int8 else ''}"])
 
 
 def passes_gate(run: dict, val_labels) -> bool:
